@@ -1,0 +1,27 @@
+"""Shared test fixtures. Tests never download: data come from ../shared."""
+
+import os
+import pathlib
+
+from tfnas.runtime import quiet_tensorflow
+
+quiet_tensorflow()
+
+import pytest  # noqa: E402
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+SHARED = pathlib.Path(os.environ.get("TFNAS_SHARED", REPO.parent / "shared"))
+CIFAR_MINI = SHARED / "data" / "cifar10-mini"
+PUBLISHED_JSON = SHARED / "data" / "genotypes" / "published.json"
+
+
+@pytest.fixture(scope="session")
+def cifar_mini():
+    # Fail, not skip: a silently skipped data test would hide a broken CI.
+    assert (CIFAR_MINI / "train").is_dir(), f"cifar10-mini not found at {CIFAR_MINI} (set TFNAS_SHARED)"
+    return CIFAR_MINI
+
+
+@pytest.fixture(scope="session")
+def published_json():
+    return PUBLISHED_JSON

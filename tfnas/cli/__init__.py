@@ -1,0 +1,1 @@
+"""Command-line front ends; the top-level scripts are thin wrappers over these."""

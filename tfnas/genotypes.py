@@ -1,0 +1,333 @@
+"""Genotypes: the immutable description of a normal and a reduction cell.
+
+A cell has two input nodes (0: output of the cell two back, 1: output of the
+previous cell) and N intermediate nodes (2 .. N+1).  Each intermediate node
+sums two operations, each applied to one earlier node; the cell output
+concatenates the nodes in its concat list.
+
+Genotypes are read from JSON or from the ``Genotype(normal=[...], ...)`` repr
+that DARTS prints.  The repr is parsed with :mod:`ast` and walked by hand: it
+is never evaluated.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from functools import lru_cache
+from importlib import resources
+from typing import Iterable, Mapping, Sequence
+
+__all__ = [
+    "DARTS_OPS", "DARTS_OPS_NO_NONE", "NASNET_EXTRA_OPS", "ENAS_OPS", "KNOWN_OPS",
+    "GenotypeError", "Cell", "Genotype", "parse_genotype", "zoo_names",
+    "get_genotype", "resolve_genotype",
+]
+
+# The DARTS operation list, in the reference order (index j of an OPS variant
+# maps to DARTS_OPS_NO_NONE[j]).
+DARTS_OPS = (
+    "none", "max_pool_3x3", "avg_pool_3x3", "skip_connect",
+    "sep_conv_3x3", "sep_conv_5x5", "dil_conv_3x3", "dil_conv_5x5",
+)
+DARTS_OPS_NO_NONE = DARTS_OPS[1:]
+NASNET_EXTRA_OPS = ("sep_conv_7x7", "conv_7x1_1x7")
+# ENAS micro space; its "identity" is DARTS's skip_connect.
+ENAS_OPS = ("skip_connect", "sep_conv_3x3", "sep_conv_5x5", "avg_pool_3x3", "max_pool_3x3")
+KNOWN_OPS = frozenset(DARTS_OPS + NASNET_EXTRA_OPS)
+
+
+class GenotypeError(ValueError):
+    """A genotype that cannot be parsed or is not a valid pair of cells."""
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One cell: ``edges`` is a tuple of ``(operation, input_index)`` pairs,
+    two per intermediate node in node order; ``concat`` lists output nodes."""
+
+    edges: tuple
+    concat: tuple
+    kind: str = field(default="cell", compare=False)
+
+    def __post_init__(self):
+        edges = tuple((str(op), int(idx)) for op, idx in self.edges)
+        object.__setattr__(self, "edges", edges)
+        object.__setattr__(self, "concat", tuple(int(c) for c in self.concat))
+        self.validate()
+
+    @property
+    def num_nodes(self) -> int:
+        """Number of intermediate nodes."""
+        return len(self.edges) // 2
+
+    def node_inputs(self, node: int) -> tuple:
+        """The two ``(operation, input)`` edges of intermediate node ``node``
+        (numbered from 2, as in the genotype)."""
+        j = node - 2
+        return self.edges[2 * j: 2 * j + 2]
+
+    def validate(self) -> None:
+        where = f"{self.kind} cell"
+        if len(self.edges) == 0:
+            raise GenotypeError(f"{where}: has no edges")
+        if len(self.edges) % 2:
+            raise GenotypeError(
+                f"{where}: has {len(self.edges)} edges; every intermediate node needs exactly 2")
+        for e, (op, idx) in enumerate(self.edges):
+            node = 2 + e // 2
+            if op not in KNOWN_OPS:
+                raise GenotypeError(
+                    f"{where}, edge {e} (node {node}): unknown operation {op!r}; "
+                    f"known: {', '.join(sorted(KNOWN_OPS))}")
+            if idx < 0:
+                raise GenotypeError(f"{where}, edge {e} (node {node}): negative input index {idx}")
+            if idx >= node:
+                what = "itself" if idx == node else "a later node"
+                raise GenotypeError(
+                    f"{where}, edge {e} (node {node}): input index {idx} points at {what}; "
+                    f"inputs of node {node} must be in 0..{node - 1}")
+        if not self.concat:
+            raise GenotypeError(f"{where}: empty concat list")
+        top = 2 + self.num_nodes
+        seen = set()
+        for c in self.concat:
+            if not 2 <= c < top:
+                raise GenotypeError(
+                    f"{where}: concat entry {c} out of range; intermediate nodes are 2..{top - 1}")
+            if c in seen:
+                raise GenotypeError(f"{where}: duplicate concat entry {c}")
+            seen.add(c)
+
+    @property
+    def operations(self) -> tuple:
+        return tuple(op for op, _ in self.edges)
+
+    @property
+    def inputs(self) -> tuple:
+        return tuple(idx for _, idx in self.edges)
+
+    def loose_ends(self) -> tuple:
+        """Intermediate nodes no other node consumes (the NASNet concat rule)."""
+        used = set(self.inputs)
+        return tuple(n for n in range(2, 2 + self.num_nodes) if n not in used)
+
+
+@dataclass(frozen=True)
+class Genotype:
+    """A normal and a reduction cell, with DARTS-compatible attribute names
+    (``normal``, ``normal_concat``, ``reduce``, ``reduce_concat``)."""
+
+    normal: tuple
+    normal_concat: tuple
+    reduce: tuple
+    reduce_concat: tuple
+    name: str | None = field(default=None, compare=False)
+
+    def __post_init__(self):
+        # Normalise and validate through Cell; keep plain tuples on the genotype.
+        for kind in ("normal", "reduce"):
+            cell = Cell(getattr(self, kind), getattr(self, kind + "_concat"), kind=kind)
+            object.__setattr__(self, kind, cell.edges)
+            object.__setattr__(self, kind + "_concat", cell.concat)
+
+    def cell(self, kind: str) -> Cell:
+        if kind not in ("normal", "reduce"):
+            raise ValueError(f"cell kind must be 'normal' or 'reduce', not {kind!r}")
+        return Cell(getattr(self, kind), getattr(self, kind + "_concat"), kind=kind)
+
+    @property
+    def normal_cell(self) -> Cell:
+        return self.cell("normal")
+
+    @property
+    def reduce_cell(self) -> Cell:
+        return self.cell("reduce")
+
+    def with_name(self, name: str | None) -> "Genotype":
+        return Genotype(self.normal, self.normal_concat, self.reduce, self.reduce_concat, name=name)
+
+    def replace(self, **changes) -> "Genotype":
+        fields = dict(normal=self.normal, normal_concat=self.normal_concat,
+                      reduce=self.reduce, reduce_concat=self.reduce_concat, name=self.name)
+        fields.update(changes)
+        return Genotype(**fields)
+
+    # -- serialisation -------------------------------------------------------
+    def to_dict(self) -> dict:
+        return {
+            "normal": [[op, idx] for op, idx in self.normal],
+            "normal_concat": list(self.normal_concat),
+            "reduce": [[op, idx] for op, idx in self.reduce],
+            "reduce_concat": list(self.reduce_concat),
+        }
+
+    def to_json(self, **kwargs) -> str:
+        return json.dumps(self.to_dict(), **kwargs)
+
+    def to_repr(self) -> str:
+        def edges(es):
+            return "[" + ", ".join(f"({op!r}, {idx})" for op, idx in es) + "]"
+        return (f"Genotype(normal={edges(self.normal)}, normal_concat={list(self.normal_concat)}, "
+                f"reduce={edges(self.reduce)}, reduce_concat={list(self.reduce_concat)})")
+
+    __str__ = to_repr
+
+    @classmethod
+    def from_dict(cls, data: Mapping, name: str | None = None) -> "Genotype":
+        if not isinstance(data, Mapping):
+            raise GenotypeError(f"a genotype must be a JSON object, not {type(data).__name__}")
+        if "genotype" in data and "normal" not in data:  # e.g. a search output file
+            return cls.from_dict(data["genotype"], name=name or data.get("name"))
+        missing = [k for k in ("normal", "normal_concat", "reduce", "reduce_concat") if k not in data]
+        if missing:
+            raise GenotypeError(f"genotype is missing {', '.join(missing)}")
+        kwargs = {}
+        for kind in ("normal", "reduce"):
+            kwargs[kind] = _edge_list(data[kind], kind)
+            kwargs[kind + "_concat"] = _int_list(data[kind + "_concat"], kind + "_concat")
+        return cls(**kwargs, name=name or data.get("name"))
+
+
+def _edge_list(value, kind: str) -> tuple:
+    if not isinstance(value, (list, tuple)):
+        raise GenotypeError(f"{kind} cell: edges must be a list of (operation, input) pairs")
+    out = []
+    for e, pair in enumerate(value):
+        if (not isinstance(pair, (list, tuple)) or len(pair) != 2
+                or not isinstance(pair[0], str)
+                or not isinstance(pair[1], int) or isinstance(pair[1], bool)):
+            raise GenotypeError(
+                f"{kind} cell, edge {e}: expected an (operation, input index) pair, got {pair!r}")
+        out.append((pair[0], pair[1]))
+    return tuple(out)
+
+
+def _int_list(value, what: str) -> tuple:
+    if not isinstance(value, (list, tuple)) or not all(
+            isinstance(v, int) and not isinstance(v, bool) for v in value):
+        raise GenotypeError(f"{what}: expected a list of node indices, got {value!r}")
+    return tuple(value)
+
+
+# -- parsing ---------------------------------------------------------------
+
+def _literal(node: ast.AST):
+    """Turn a restricted AST (lists, tuples, strings, ints, range(a, b),
+    dict literals) into Python values, without evaluating anything."""
+    if isinstance(node, ast.Constant) and isinstance(node.value, (str, int)) \
+            and not isinstance(node.value, bool):
+        return node.value
+    if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub) \
+            and isinstance(node.operand, ast.Constant) and isinstance(node.operand.value, int):
+        return -node.operand.value
+    if isinstance(node, (ast.List, ast.Tuple)):
+        return [_literal(e) for e in node.elts]
+    if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "range" \
+            and not node.keywords and 1 <= len(node.args) <= 3:
+        args = [_literal(a) for a in node.args]
+        if all(isinstance(a, int) for a in args) and all(abs(a) < 10_000 for a in args):
+            return list(range(*args))
+    raise GenotypeError(f"unsupported expression in genotype: {ast.unparse(node)[:60]!r}")
+
+
+def _parse_repr(text: str) -> dict:
+    try:
+        tree = ast.parse(text.strip(), mode="eval")
+    except SyntaxError as err:
+        raise GenotypeError(f"cannot parse genotype: {err.msg} at column {err.offset}") from None
+    call = tree.body
+    if not (isinstance(call, ast.Call) and isinstance(call.func, ast.Name)
+            and call.func.id == "Genotype"):
+        raise GenotypeError("expected JSON or Genotype(normal=[...], normal_concat=[...], ...)")
+    names = ("normal", "normal_concat", "reduce", "reduce_concat")
+    if len(call.args) > 4:
+        raise GenotypeError("Genotype(...) takes 4 fields")
+    data = {names[i]: _literal(a) for i, a in enumerate(call.args)}
+    for kw in call.keywords:
+        if kw.arg not in names:
+            raise GenotypeError(f"Genotype(...) has an unknown field {kw.arg!r}")
+        data[kw.arg] = _literal(kw.value)
+    return data
+
+
+def parse_genotype(text: str, name: str | None = None) -> Genotype:
+    """Parse a genotype from JSON or from the DARTS ``Genotype(...)`` repr."""
+    if not isinstance(text, str) or not text.strip():
+        raise GenotypeError("empty genotype string")
+    stripped = text.strip()
+    if stripped.startswith("{"):
+        try:
+            data = json.loads(stripped)
+        except json.JSONDecodeError as err:
+            raise GenotypeError(f"invalid genotype JSON: {err.msg} (line {err.lineno}, "
+                                f"column {err.colno})") from None
+        return Genotype.from_dict(data, name=name)
+    return Genotype.from_dict(_parse_repr(stripped), name=name)
+
+
+# -- the zoo ---------------------------------------------------------------
+
+@lru_cache(maxsize=1)
+def _zoo() -> dict:
+    raw = json.loads(resources.files("tfnas").joinpath("zoo/published.json").read_text())
+    zoo = {name: Genotype.from_dict(data, name=name) for name, data in raw.items()}
+    zoo["DARTS"] = zoo["DARTS_V2"].with_name("DARTS")  # DARTS is an alias of DARTS_V2
+    return zoo
+
+
+def zoo_names(include_aliases: bool = False) -> list:
+    """Names of the published genotypes, in the order of the published file."""
+    return [n for n in _zoo() if include_aliases or n != "DARTS"]
+
+
+_VARIANT_NAME = re.compile(r"^(?P<arch>.+)_(?P<kind>CONN|OPS)(?P<seed>\d+)$")
+
+
+def get_genotype(name: str) -> Genotype:
+    """A zoo genotype (``DARTS_V2``, ``ENAS``, …) or a variant of one
+    (``DARTS_CONN3``, ``ENAS_OPS7``)."""
+    zoo = _zoo()
+    if name in zoo:
+        return zoo[name]
+    match = _VARIANT_NAME.match(name)
+    if match and match["arch"] in zoo:
+        from tfnas import variants  # variants build on this module
+        return variants.named_variant(name)
+    raise GenotypeError(
+        f"unknown genotype {name!r}; known: {', '.join(zoo_names(True))} "
+        f"and their variants <NAME>_CONN<k> / <NAME>_OPS<k>")
+
+
+def resolve_genotype(spec: str) -> Genotype:
+    """Whatever a user may pass as ``--genotype``: a zoo or variant name, a
+    path to a JSON or repr file, or a JSON or repr string."""
+    if isinstance(spec, Genotype):
+        return spec
+    spec = str(spec).strip()
+    if not spec:
+        raise GenotypeError("empty genotype")
+    if spec.startswith("{") or spec.startswith("Genotype("):
+        return parse_genotype(spec)
+    if os.path.isfile(spec):
+        try:
+            with open(spec, encoding="utf-8") as fh:
+                text = fh.read()
+        except (OSError, UnicodeDecodeError) as err:
+            raise GenotypeError(f"cannot read genotype file {spec}: {err}") from None
+        stem = os.path.splitext(os.path.basename(spec))[0]
+        try:
+            return parse_genotype(text, name=stem)
+        except GenotypeError as err:
+            raise GenotypeError(f"{spec}: {err}") from None
+    if re.fullmatch(r"[A-Za-z][\w.-]*", spec) and not spec.endswith((".json", ".txt")):
+        return get_genotype(spec)
+    raise GenotypeError(f"genotype {spec!r} is not a known name, an existing file, "
+                        f"JSON or a Genotype(...) repr")
+
+
+def as_genotypes(specs: Iterable[str]) -> list:
+    return [resolve_genotype(s) for s in specs]
