@@ -44,6 +44,16 @@ class GenotypeError(ValueError):
     """A genotype that cannot be parsed or is not a valid pair of cells."""
 
 
+def _is_index(value) -> bool:
+    # bool is an int subclass but never a node index; numpy integers are fine.
+    return not isinstance(value, bool) and hasattr(value, "__index__")
+
+
+def _short(value, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
 @dataclass(frozen=True)
 class Cell:
     """One cell: ``edges`` is a tuple of ``(operation, input_index)`` pairs,
@@ -54,9 +64,25 @@ class Cell:
     kind: str = field(default="cell", compare=False)
 
     def __post_init__(self):
-        edges = tuple((str(op), int(idx)) for op, idx in self.edges)
-        object.__setattr__(self, "edges", edges)
-        object.__setattr__(self, "concat", tuple(int(c) for c in self.concat))
+        where = f"{self.kind} cell"
+        try:
+            edges = tuple(self.edges)
+            concat = tuple(self.concat)
+        except TypeError:
+            raise GenotypeError(f"{where}: edges and concat must be lists") from None
+        normalised = []
+        for e, pair in enumerate(edges):
+            if not isinstance(pair, (list, tuple)) or len(pair) != 2 \
+                    or not isinstance(pair[0], str) or not _is_index(pair[1]):
+                raise GenotypeError(
+                    f"{where}, edge {e} (node {2 + e // 2}): expected an "
+                    f"(operation, input index) pair, got {_short(pair)}")
+            normalised.append((pair[0], int(pair[1])))
+        for c in concat:
+            if not _is_index(c):
+                raise GenotypeError(f"{where}: concat entry {_short(c)} is not a node index")
+        object.__setattr__(self, "edges", tuple(normalised))
+        object.__setattr__(self, "concat", tuple(int(c) for c in concat))
         self.validate()
 
     @property
@@ -180,8 +206,13 @@ class Genotype:
     def from_dict(cls, data: Mapping, name: str | None = None) -> "Genotype":
         if not isinstance(data, Mapping):
             raise GenotypeError(f"a genotype must be a JSON object, not {type(data).__name__}")
+        if name is None and isinstance(data.get("name"), str):
+            name = data["name"]
         if "genotype" in data and "normal" not in data:  # e.g. a search output file
-            return cls.from_dict(data["genotype"], name=name or data.get("name"))
+            inner = data["genotype"]
+            if isinstance(inner, str):  # the DARTS repr stored as a string
+                return parse_genotype(inner, name=name)
+            return cls.from_dict(inner, name=name)
         missing = [k for k in ("normal", "normal_concat", "reduce", "reduce_concat") if k not in data]
         if missing:
             raise GenotypeError(f"genotype is missing {', '.join(missing)}")
@@ -189,73 +220,100 @@ class Genotype:
         for kind in ("normal", "reduce"):
             kwargs[kind] = _edge_list(data[kind], kind)
             kwargs[kind + "_concat"] = _int_list(data[kind + "_concat"], kind + "_concat")
-        return cls(**kwargs, name=name or data.get("name"))
+        return cls(**kwargs, name=name)
 
 
 def _edge_list(value, kind: str) -> tuple:
     if not isinstance(value, (list, tuple)):
-        raise GenotypeError(f"{kind} cell: edges must be a list of (operation, input) pairs")
+        raise GenotypeError(f"{kind} cell: edges must be a list of (operation, input) pairs, "
+                            f"got {_short(value)}")
     out = []
     for e, pair in enumerate(value):
         if (not isinstance(pair, (list, tuple)) or len(pair) != 2
-                or not isinstance(pair[0], str)
-                or not isinstance(pair[1], int) or isinstance(pair[1], bool)):
+                or not isinstance(pair[0], str) or not _is_index(pair[1])):
             raise GenotypeError(
-                f"{kind} cell, edge {e}: expected an (operation, input index) pair, got {pair!r}")
+                f"{kind} cell, edge {e} (node {2 + e // 2}): expected an "
+                f"(operation, input index) pair, got {_short(pair)}")
         out.append((pair[0], pair[1]))
     return tuple(out)
 
 
 def _int_list(value, what: str) -> tuple:
-    if not isinstance(value, (list, tuple)) or not all(
-            isinstance(v, int) and not isinstance(v, bool) for v in value):
-        raise GenotypeError(f"{what}: expected a list of node indices, got {value!r}")
+    if not isinstance(value, (list, tuple)) or not all(_is_index(v) for v in value):
+        raise GenotypeError(f"{what}: expected a list of node indices, got {_short(value)}")
     return tuple(value)
 
 
 # -- parsing ---------------------------------------------------------------
 
-def _literal(node: ast.AST):
-    """Turn a restricted AST (lists, tuples, strings, ints, range(a, b),
-    dict literals) into Python values, without evaluating anything."""
+_FIELDS = ("normal", "normal_concat", "reduce", "reduce_concat")
+# Bound on range() arguments in a repr: DARTS prints range(2, 6).
+_RANGE_LIMIT = 10_000
+
+
+def _literal(node: ast.AST, where: str):
+    """Turn a restricted AST (lists, tuples, strings, ints, ``range(a, b)``)
+    into Python values, without evaluating anything; ``where`` names the
+    field or edge for error messages."""
     if isinstance(node, ast.Constant) and isinstance(node.value, (str, int)) \
             and not isinstance(node.value, bool):
         return node.value
     if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub) \
-            and isinstance(node.operand, ast.Constant) and isinstance(node.operand.value, int):
+            and isinstance(node.operand, ast.Constant) and _is_index(node.operand.value):
         return -node.operand.value
     if isinstance(node, (ast.List, ast.Tuple)):
-        return [_literal(e) for e in node.elts]
+        return [_literal(e, where) for e in node.elts]
     if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "range" \
             and not node.keywords and 1 <= len(node.args) <= 3:
-        args = [_literal(a) for a in node.args]
-        if all(isinstance(a, int) for a in args) and all(abs(a) < 10_000 for a in args):
+        args = [_literal(a, where) for a in node.args]
+        bounded = all(_is_index(a) and abs(a) < _RANGE_LIMIT for a in args)
+        if bounded and not (len(args) == 3 and args[2] == 0):  # range step 0 is an error
             return list(range(*args))
-    raise GenotypeError(f"unsupported expression in genotype: {ast.unparse(node)[:60]!r}")
+    try:
+        text = ast.unparse(node)
+    except Exception:  # noqa: BLE001 - only used for the message
+        text = type(node).__name__
+    raise GenotypeError(f"{where}: unsupported expression {_short(text)} "
+                        f"(only lists, (operation, index) tuples, ints, strings and range())")
+
+
+def _field_literal(node: ast.AST, field_name: str):
+    if field_name in ("normal", "reduce") and isinstance(node, (ast.List, ast.Tuple)):
+        # Walk edge by edge so an error names the cell and the edge.
+        return [_literal(e, f"{field_name} cell, edge {i} (node {2 + i // 2})")
+                for i, e in enumerate(node.elts)]
+    where = f"{field_name} cell" if field_name in ("normal", "reduce") else field_name
+    return _literal(node, where)
 
 
 def _parse_repr(text: str) -> dict:
     try:
         tree = ast.parse(text.strip(), mode="eval")
     except SyntaxError as err:
-        raise GenotypeError(f"cannot parse genotype: {err.msg} at column {err.offset}") from None
+        where = f" (column {err.offset})" if err.offset else ""
+        raise GenotypeError(f"cannot parse genotype: {err.msg}{where}") from None
+    except (ValueError, RecursionError, MemoryError) as err:  # e.g. null bytes, deep nesting
+        raise GenotypeError(f"cannot parse genotype: {err}") from None
     call = tree.body
     if not (isinstance(call, ast.Call) and isinstance(call.func, ast.Name)
             and call.func.id == "Genotype"):
         raise GenotypeError("expected JSON or Genotype(normal=[...], normal_concat=[...], ...)")
-    names = ("normal", "normal_concat", "reduce", "reduce_concat")
-    if len(call.args) > 4:
-        raise GenotypeError("Genotype(...) takes 4 fields")
-    data = {names[i]: _literal(a) for i, a in enumerate(call.args)}
+    if len(call.args) > len(_FIELDS):
+        raise GenotypeError(f"Genotype(...) takes {len(_FIELDS)} fields, got {len(call.args)}")
+    data = {_FIELDS[i]: _field_literal(a, _FIELDS[i]) for i, a in enumerate(call.args)}
     for kw in call.keywords:
-        if kw.arg not in names:
-            raise GenotypeError(f"Genotype(...) has an unknown field {kw.arg!r}")
-        data[kw.arg] = _literal(kw.value)
+        if kw.arg not in _FIELDS:
+            raise GenotypeError(f"Genotype(...) has an unknown field {kw.arg!r}; "
+                                f"fields: {', '.join(_FIELDS)}")
+        if kw.arg in data:
+            raise GenotypeError(f"Genotype(...) gives {kw.arg} twice")
+        data[kw.arg] = _field_literal(kw.value, kw.arg)
     return data
 
 
 def parse_genotype(text: str, name: str | None = None) -> Genotype:
-    """Parse a genotype from JSON or from the DARTS ``Genotype(...)`` repr."""
+    """Parse a genotype from JSON or from the DARTS ``Genotype(...)`` repr.
+    Any problem raises :class:`GenotypeError` naming the cell, edge and problem."""
     if not isinstance(text, str) or not text.strip():
         raise GenotypeError("empty genotype string")
     stripped = text.strip()
@@ -265,6 +323,8 @@ def parse_genotype(text: str, name: str | None = None) -> Genotype:
         except json.JSONDecodeError as err:
             raise GenotypeError(f"invalid genotype JSON: {err.msg} (line {err.lineno}, "
                                 f"column {err.colno})") from None
+        except RecursionError:
+            raise GenotypeError("invalid genotype JSON: nested too deeply") from None
         return Genotype.from_dict(data, name=name)
     return Genotype.from_dict(_parse_repr(stripped), name=name)
 
@@ -284,7 +344,8 @@ def zoo_names(include_aliases: bool = False) -> list:
     return [n for n in _zoo() if include_aliases or n != "DARTS"]
 
 
-_VARIANT_NAME = re.compile(r"^(?P<arch>.+)_(?P<kind>CONN|OPS)(?P<seed>\d+)$")
+# Variant names: <ARCH>_CONN<k>, <ARCH>_OPS<k>, <ARCH>_WIDEST, <ARCH>_DEEPEST.
+_VARIANT_NAME = re.compile(r"^(?P<arch>.+?)_(?:(?:CONN|OPS)\d+|WIDEST|DEEPEST)$")
 
 
 def get_genotype(name: str) -> Genotype:
@@ -299,7 +360,7 @@ def get_genotype(name: str) -> Genotype:
         return variants.named_variant(name)
     raise GenotypeError(
         f"unknown genotype {name!r}; known: {', '.join(zoo_names(True))} "
-        f"and their variants <NAME>_CONN<k> / <NAME>_OPS<k>")
+        f"and their variants <NAME>_CONN<k>, <NAME>_OPS<k>, <NAME>_WIDEST, <NAME>_DEEPEST")
 
 
 def resolve_genotype(spec: str) -> Genotype:
