@@ -1,0 +1,580 @@
+"""Candidate operations of the DARTS/NASNet cell spaces as Keras layers.
+
+Every layer is NHWC, serialisable (``get_config`` + registered under the
+``tfnas`` package) and builds its sub-layers in ``build`` so that a reloaded
+``.keras`` file restores every weight without warnings.
+
+Padding follows the PyTorch reference (``padding = k // 2 * dilation`` on
+both sides).  TensorFlow's ``'same'`` is identical to that at stride 1 for odd
+kernels, so stride-1 layers use it; at stride 2 it pads asymmetrically, so
+strided layers pad explicitly and convolve with ``'valid'``.
+
+:class:`BatchNorm` is the one normalisation layer of tfnas (see its
+docstring for the fused and the differentiable path).
+"""
+
+from __future__ import annotations
+
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from tfnas.genotypes import GenotypeError
+
+__all__ = [
+    "BatchNorm", "ReLUConvBN", "FactorizedReduce", "SepConv", "DilConv", "Pool",
+    "Zero", "Identity", "Conv7x1_1x7", "OPERATIONS", "make_operation",
+    "set_batch_norm_fused", "batch_norm_layers",
+]
+
+_register = keras.saving.register_keras_serializable(package="tfnas")
+
+# Reference initialisation: PyTorch's default conv init is kaiming_uniform
+# with a=sqrt(5), i.e. U(-1/sqrt(fan_in), 1/sqrt(fan_in)) = VarianceScaling
+# (1/3, fan_in, uniform).  Keras' glorot_uniform would also train; we keep the
+# reference's so that learning-rate settings transfer.
+def _conv_init():
+    return keras.initializers.VarianceScaling(scale=1.0 / 3.0, mode="fan_in", distribution="uniform")
+
+
+def _pad(x, pad_h, pad_w=None, value=0.0):
+    """Symmetric spatial zero (or ``value``) padding of an NHWC tensor."""
+    pad_w = pad_h if pad_w is None else pad_w
+    if pad_h == 0 and pad_w == 0:
+        return x
+    return tf.pad(x, [[0, 0], [pad_h, pad_h], [pad_w, pad_w], [0, 0]], constant_values=value)
+
+
+def _out_size(n, kernel, stride, pad, dilation=1):
+    """Spatial output size of a PyTorch-style padded convolution/pool."""
+    if n is None:
+        return None
+    return (n + 2 * pad - dilation * (kernel - 1) - 1) // stride + 1
+
+
+# --------------------------------------------------------------------------
+# Batch normalisation
+# --------------------------------------------------------------------------
+
+_FUSED_DTYPES = ("float32", "float16", "bfloat16")
+
+
+@_register
+class BatchNorm(keras.layers.Layer):
+    """Batch normalisation over the channel (last) axis, PyTorch semantics.
+
+    ``momentum=0.9`` is PyTorch's ``momentum=0.1`` (moving = 0.9·moving +
+    0.1·batch), ``epsilon=1e-5``, and the moving variance is updated with the
+    unbiased batch variance (``n/(n-1)``) as PyTorch does; normalisation in
+    training uses the biased batch variance (as both frameworks do).
+    ``affine=False`` has no γ/β (the DARTS search network's BN).
+
+    Two training-mode paths compute the same function:
+
+    * **fused** — ``tf.nn.fused_batch_norm`` forward and its fused gradient
+      kernel: fastest on CPU (≈1.25× for a whole training step).  Its first
+      derivatives are float32-accurate to only ~1e-2·‖g‖ overall on a DARTS
+      network (see docs/benchmarks.md) and its second derivative is not the
+      exact one.  Used when ``fused=True``, or when ``fused=None`` (default)
+      and the compute dtype is float32/float16/bfloat16.
+    * **differentiable** — ``mean``, ``mean((x - mean)²)`` and the affine map
+      written as plain TF ops, differentiable to any order (the batch
+      variance depends on the mean, unlike Keras' own BN, which stops the
+      gradient there).  Used when ``fused=False`` and always under float64.
+      Probes and second-order DARTS must use it: call
+      :func:`set_batch_norm_fused(model, False)` before tracing.
+
+    Inference mode is the affine map with the moving statistics (plain ops,
+    differentiable) on both paths.
+    """
+
+    def __init__(self, affine=True, momentum=0.9, epsilon=1e-5, fused=None,
+                 unbiased_moving_variance=True, **kwargs):
+        super().__init__(**kwargs)
+        self.affine = bool(affine)
+        self.momentum = float(momentum)
+        self.epsilon = float(epsilon)
+        if fused not in (None, True, False):
+            raise ValueError(f"BatchNorm: fused must be None, True or False, got {fused!r}")
+        self.fused = fused
+        self.unbiased_moving_variance = bool(unbiased_moving_variance)
+        self.supports_masking = True
+
+    def build(self, input_shape):
+        channels = input_shape[-1]
+        if channels is None:
+            raise ValueError("BatchNorm: the channel dimension must be known")
+        shape = (int(channels),)
+        if self.affine:
+            self.gamma = self.add_weight(shape=shape, name="gamma", initializer="ones", autocast=False)
+            self.beta = self.add_weight(shape=shape, name="beta", initializer="zeros", autocast=False)
+        else:
+            self.gamma = self.beta = None
+        # "mean" aggregation: under tf.distribute each replica's update is averaged.
+        self.moving_mean = self.add_weight(shape=shape, name="moving_mean", initializer="zeros",
+                                           trainable=False, autocast=False, aggregation="mean")
+        self.moving_variance = self.add_weight(shape=shape, name="moving_variance", initializer="ones",
+                                               trainable=False, autocast=False, aggregation="mean")
+        if self.fused and self.compute_dtype not in _FUSED_DTYPES:
+            raise ValueError(f"BatchNorm: fused=True needs a float32/16 compute dtype, got {self.compute_dtype}")
+
+    def uses_fused(self, training=True) -> bool:
+        """Whether a call in this mode takes the fused path."""
+        if not training or self.fused is False:
+            return False
+        return self.compute_dtype in _FUSED_DTYPES
+
+    def call(self, inputs, training=False):
+        x = inputs
+        if not training:
+            return self._inference(x)
+        if self.uses_fused(True):
+            y, mean, variance = self._fused_training(x)
+            unbiased = variance  # FusedBatchNormV3 returns the Bessel-corrected variance
+            if not self.unbiased_moving_variance:
+                n = self._count(x)
+                unbiased = variance * ((n - 1.0) / n)
+        else:
+            y, mean, variance = self._differentiable_training(x)
+            unbiased = variance
+            if self.unbiased_moving_variance:
+                n = self._count(x, dtype=variance.dtype)
+                unbiased = variance * (n / tf.maximum(n - 1.0, 1.0))
+        self._update_moving(mean, unbiased)
+        return y
+
+    # -- paths ---------------------------------------------------------------
+    def _count(self, x, dtype=tf.float32):
+        shape = tf.shape(x)
+        return tf.cast(shape[0] * shape[1] * shape[2], dtype)
+
+    def _inference(self, x):
+        dtype = x.dtype
+        inv = tf.math.rsqrt(tf.cast(self.moving_variance, dtype) + tf.cast(self.epsilon, dtype))
+        if self.affine:
+            inv = inv * tf.cast(self.gamma, dtype)
+        shift = -tf.cast(self.moving_mean, dtype) * inv
+        if self.affine:
+            shift = shift + tf.cast(self.beta, dtype)
+        return x * inv + shift
+
+    def _fused_training(self, x):
+        channels = x.shape[-1]
+        if self.affine:
+            scale, offset = tf.cast(self.gamma, tf.float32), tf.cast(self.beta, tf.float32)
+        else:
+            scale = tf.ones((channels,), tf.float32)
+            offset = tf.zeros((channels,), tf.float32)
+        y, mean, variance = tf.compat.v1.nn.fused_batch_norm(
+            x, scale, offset, epsilon=self.epsilon, data_format="NHWC", is_training=True)
+        return y, mean, variance
+
+    def _differentiable_training(self, x):
+        axes = list(range(len(x.shape) - 1))
+        mean = tf.reduce_mean(x, axis=axes)
+        centred = x - mean
+        variance = tf.reduce_mean(tf.square(centred), axis=axes)
+        inv = tf.math.rsqrt(variance + tf.cast(self.epsilon, x.dtype))
+        if self.affine:
+            inv = inv * tf.cast(self.gamma, x.dtype)
+        y = centred * inv
+        if self.affine:
+            y = y + tf.cast(self.beta, x.dtype)
+        return y, mean, variance
+
+    def _update_moving(self, mean, variance):
+        m = self.momentum
+        mean = tf.stop_gradient(tf.cast(mean, self.moving_mean.dtype))
+        variance = tf.stop_gradient(tf.cast(variance, self.moving_variance.dtype))
+        self.moving_mean.assign(self.moving_mean * m + mean * (1.0 - m))
+        self.moving_variance.assign(self.moving_variance * m + variance * (1.0 - m))
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(affine=self.affine, momentum=self.momentum, epsilon=self.epsilon,
+                      fused=self.fused, unbiased_moving_variance=self.unbiased_moving_variance)
+        return config
+
+
+def batch_norm_layers(model):
+    """Every :class:`BatchNorm` inside ``model`` (a layer or model)."""
+    layers = [model] if isinstance(model, BatchNorm) else []
+    if hasattr(model, "_flatten_layers"):
+        layers += [l for l in model._flatten_layers(include_self=False, recursive=True)
+                   if isinstance(l, BatchNorm)]
+    return layers
+
+
+def set_batch_norm_fused(model, fused):
+    """Set ``fused`` (None/True/False) on every :class:`BatchNorm` in
+    ``model``; returns how many layers changed.  Re-trace any tf.function
+    that already called the model (the path is chosen at trace time)."""
+    if fused not in (None, True, False):
+        raise ValueError(f"fused must be None, True or False, got {fused!r}")
+    layers = batch_norm_layers(model)
+    for layer in layers:
+        layer.fused = fused
+    return len(layers)
+
+
+# --------------------------------------------------------------------------
+# Operations
+# --------------------------------------------------------------------------
+
+class _Operation(keras.layers.Layer):
+    """Base: sub-layers inherit this layer's dtype policy."""
+
+    def _sub(self, cls, *args, **kwargs):
+        kwargs.setdefault("dtype", self.dtype_policy)
+        return cls(*args, **kwargs)
+
+    def _conv(self, filters, kernel, stride=1, padding="valid", name=None):
+        return self._sub(keras.layers.Conv2D, filters, kernel, strides=stride, padding=padding,
+                         use_bias=False, kernel_initializer=_conv_init(), name=name)
+
+    def _depthwise(self, kernel, stride=1, dilation=1, padding="valid", name=None):
+        return self._sub(keras.layers.DepthwiseConv2D, kernel, strides=stride, padding=padding,
+                         dilation_rate=dilation, use_bias=False,
+                         depthwise_initializer=_conv_init(), name=name)
+
+    def _bn(self, name="bn"):
+        return self._sub(BatchNorm, affine=self.affine, name=name)
+
+
+@_register
+class Identity(keras.layers.Layer):
+    """skip_connect at stride 1."""
+
+    def call(self, inputs):
+        return inputs
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+
+@_register
+class Zero(keras.layers.Layer):
+    """The ``none`` operation: zeros of the output shape (stride aware)."""
+
+    def __init__(self, stride=1, **kwargs):
+        super().__init__(**kwargs)
+        self.stride = int(stride)
+
+    def call(self, inputs):
+        if self.stride == 1:
+            return tf.zeros_like(inputs)
+        return tf.zeros_like(inputs[:, ::self.stride, ::self.stride, :])
+
+    def compute_output_shape(self, input_shape):
+        b, h, w, c = input_shape
+        s = self.stride
+        return (b, None if h is None else -(-h // s), None if w is None else -(-w // s), c)
+
+    def get_config(self):
+        return {**super().get_config(), "stride": self.stride}
+
+
+@_register
+class ReLUConvBN(_Operation):
+    """ReLU, k×k conv (no bias, padding k//2), BN."""
+
+    def __init__(self, channels, kernel_size=1, stride=1, affine=True, **kwargs):
+        super().__init__(**kwargs)
+        self.channels, self.kernel_size, self.stride, self.affine = int(channels), int(kernel_size), int(stride), bool(affine)
+        self.padding = self.kernel_size // 2
+        same = self.stride == 1 and self.kernel_size % 2 == 1
+        self._same = same
+        self.conv = self._conv(self.channels, self.kernel_size, self.stride, "same" if same else "valid", name="conv")
+        self.bn = self._bn()
+
+    def build(self, input_shape):
+        padded = self._padded_shape(input_shape)
+        self.conv.build(padded)
+        self.bn.build(self.conv.compute_output_shape(padded))
+
+    def _padded_shape(self, shape):
+        if self._same:
+            return tuple(shape)
+        b, h, w, c = shape
+        p = self.padding
+        return (b, None if h is None else h + 2 * p, None if w is None else w + 2 * p, c)
+
+    def call(self, inputs, training=False):
+        x = tf.nn.relu(inputs)
+        if not self._same:
+            x = _pad(x, self.padding)
+        return self.bn(self.conv(x), training=training)
+
+    def compute_output_shape(self, input_shape):
+        return self.conv.compute_output_shape(self._padded_shape(input_shape))
+
+    def get_config(self):
+        return {**super().get_config(), "channels": self.channels, "kernel_size": self.kernel_size,
+                "stride": self.stride, "affine": self.affine}
+
+
+@_register
+class FactorizedReduce(_Operation):
+    """Halve the resolution without losing pixels: ReLU, two 1×1 stride-2
+    convs of C/2 channels (the second on the input shifted by one pixel),
+    concatenated, BN.  Needs even C and even spatial size (as the reference)."""
+
+    def __init__(self, channels, affine=True, **kwargs):
+        super().__init__(**kwargs)
+        self.channels, self.affine = int(channels), bool(affine)
+        if self.channels % 2:
+            raise ValueError(f"FactorizedReduce: channels must be even, got {self.channels}")
+        half = self.channels // 2
+        self.conv_1 = self._conv(half, 1, 2, name="conv_1")
+        self.conv_2 = self._conv(half, 1, 2, name="conv_2")
+        self.bn = self._bn()
+
+    def build(self, input_shape):
+        b, h, w, c = input_shape
+        for n in (h, w):
+            if n is not None and n % 2:
+                raise ValueError(f"FactorizedReduce: spatial size must be even, got {h}x{w}")
+        self.conv_1.build(input_shape)
+        self.conv_2.build(input_shape)
+        self.bn.build(self.compute_output_shape(input_shape))
+
+    def call(self, inputs, training=False):
+        x = tf.nn.relu(inputs)
+        y = tf.concat([self.conv_1(x), self.conv_2(x[:, 1:, 1:, :])], axis=-1)
+        return self.bn(y, training=training)
+
+    def compute_output_shape(self, input_shape):
+        b, h, w, c = input_shape
+        return (b, None if h is None else h // 2, None if w is None else w // 2, self.channels)
+
+    def get_config(self):
+        return {**super().get_config(), "channels": self.channels, "affine": self.affine}
+
+
+@_register
+class DilConv(_Operation):
+    """ReLU, depthwise k×k (dilation d, stride s), pointwise 1×1, BN.
+
+    Stride 2 with dilation 2 is computed exactly and 4× cheaper than the
+    "stride-1 then subsample" decomposition: with the input padded by
+    ``d·(k-1)/2``, ``out[i] = Σ_k w[k]·x_pad[2i + 2k]`` only reads the even
+    pixels, so it is an undilated stride-1 valid conv of ``x_pad[::2, ::2]``
+    (tested against the decomposition).  Raw ``tf.nn.depthwise_conv2d`` with
+    stride 2 and dilation 2 is never called (it returns wrong numbers)."""
+
+    def __init__(self, channels, kernel_size=3, stride=1, dilation=2, affine=True, **kwargs):
+        super().__init__(**kwargs)
+        self.channels, self.kernel_size, self.stride = int(channels), int(kernel_size), int(stride)
+        self.dilation, self.affine = int(dilation), bool(affine)
+        self.padding = self.kernel_size // 2 * self.dilation
+        if self.stride == 1:
+            self._mode = "same"
+            self.depthwise = self._depthwise(self.kernel_size, 1, self.dilation, "same", name="depthwise")
+        elif self.stride == self.dilation:
+            self._mode = "subsample"
+            self.depthwise = self._depthwise(self.kernel_size, 1, 1, "valid", name="depthwise")
+        else:
+            self._mode = "padded"
+            self.depthwise = self._depthwise(self.kernel_size, self.stride, self.dilation, "valid", name="depthwise")
+        self.pointwise = self._conv(self.channels, 1, name="pointwise")
+        self.bn = self._bn()
+
+    def _depthwise_input_shape(self, shape):
+        b, h, w, c = shape
+        if self._mode == "same":
+            return tuple(shape)
+        p = self.padding
+        size = [None if n is None else n + 2 * p for n in (h, w)]
+        if self._mode == "subsample":
+            size = [None if n is None else -(-n // self.stride) for n in size]
+        return (b, size[0], size[1], c)
+
+    def build(self, input_shape):
+        shape = self._depthwise_input_shape(input_shape)
+        self.depthwise.build(shape)
+        shape = self.depthwise.compute_output_shape(shape)
+        self.pointwise.build(shape)
+        self.bn.build(self.pointwise.compute_output_shape(shape))
+
+    def call(self, inputs, training=False):
+        x = tf.nn.relu(inputs)
+        if self._mode != "same":
+            x = _pad(x, self.padding)
+        if self._mode == "subsample":
+            x = x[:, ::self.stride, ::self.stride, :]
+        x = self.pointwise(self.depthwise(x))
+        return self.bn(x, training=training)
+
+    def compute_output_shape(self, input_shape):
+        b, h, w, c = input_shape
+        k, s, p, d = self.kernel_size, self.stride, self.padding, self.dilation
+        return (b, _out_size(h, k, s, p, d), _out_size(w, k, s, p, d), self.channels)
+
+    def get_config(self):
+        return {**super().get_config(), "channels": self.channels, "kernel_size": self.kernel_size,
+                "stride": self.stride, "dilation": self.dilation, "affine": self.affine}
+
+
+@_register
+class SepConv(_Operation):
+    """(ReLU, depthwise k×k, pointwise 1×1, BN) twice; stride on the first
+    depthwise conv."""
+
+    def __init__(self, channels, kernel_size=3, stride=1, affine=True, **kwargs):
+        super().__init__(**kwargs)
+        self.channels, self.kernel_size, self.stride, self.affine = int(channels), int(kernel_size), int(stride), bool(affine)
+        self.padding = self.kernel_size // 2
+        self._same = self.stride == 1
+        self.depthwise_1 = self._depthwise(self.kernel_size, self.stride, padding="same" if self._same else "valid",
+                                           name="depthwise_1")
+        self.pointwise_1 = self._conv(self.channels, 1, name="pointwise_1")
+        self.bn_1 = self._bn("bn_1")
+        self.depthwise_2 = self._depthwise(self.kernel_size, 1, padding="same", name="depthwise_2")
+        self.pointwise_2 = self._conv(self.channels, 1, name="pointwise_2")
+        self.bn_2 = self._bn("bn_2")
+
+    def build(self, input_shape):
+        b, h, w, c = input_shape
+        p = 0 if self._same else self.padding
+        shape = (b, None if h is None else h + 2 * p, None if w is None else w + 2 * p, c)
+        for layer in (self.depthwise_1, self.pointwise_1, self.bn_1, self.depthwise_2, self.pointwise_2, self.bn_2):
+            layer.build(shape)
+            shape = layer.compute_output_shape(shape)
+
+    def call(self, inputs, training=False):
+        x = tf.nn.relu(inputs)
+        if not self._same:
+            x = _pad(x, self.padding)
+        x = self.bn_1(self.pointwise_1(self.depthwise_1(x)), training=training)
+        x = tf.nn.relu(x)
+        x = self.bn_2(self.pointwise_2(self.depthwise_2(x)), training=training)
+        return x
+
+    def compute_output_shape(self, input_shape):
+        b, h, w, c = input_shape
+        k, s, p = self.kernel_size, self.stride, self.padding
+        return (b, _out_size(h, k, s, p), _out_size(w, k, s, p), self.channels)
+
+    def get_config(self):
+        return {**super().get_config(), "channels": self.channels, "kernel_size": self.kernel_size,
+                "stride": self.stride, "affine": self.affine}
+
+
+@_register
+class Conv7x1_1x7(_Operation):
+    """ReLU, 1×7 conv (stride (1, s)), 7×1 conv (stride (s, 1)), BN."""
+
+    def __init__(self, channels, stride=1, affine=True, **kwargs):
+        super().__init__(**kwargs)
+        self.channels, self.stride, self.affine = int(channels), int(stride), bool(affine)
+        same = self.stride == 1
+        self._same = same
+        pad = "same" if same else "valid"
+        self.conv_1x7 = self._conv(self.channels, (1, 7), (1, self.stride), pad, name="conv_1x7")
+        self.conv_7x1 = self._conv(self.channels, (7, 1), (self.stride, 1), pad, name="conv_7x1")
+        self.bn = self._bn()
+
+    def build(self, input_shape):
+        b, h, w, c = input_shape
+        shape = tuple(input_shape) if self._same else (b, h, None if w is None else w + 6, c)
+        self.conv_1x7.build(shape)
+        shape = self.conv_1x7.compute_output_shape(shape)
+        if not self._same:
+            shape = (shape[0], None if shape[1] is None else shape[1] + 6, shape[2], shape[3])
+        self.conv_7x1.build(shape)
+        self.bn.build(self.conv_7x1.compute_output_shape(shape))
+
+    def call(self, inputs, training=False):
+        x = tf.nn.relu(inputs)
+        if not self._same:
+            x = _pad(x, 0, 3)
+        x = self.conv_1x7(x)
+        if not self._same:
+            x = _pad(x, 3, 0)
+        return self.bn(self.conv_7x1(x), training=training)
+
+    def compute_output_shape(self, input_shape):
+        b, h, w, c = input_shape
+        s = self.stride
+        return (b, _out_size(h, 7, s, 3), _out_size(w, 7, s, 3), self.channels)
+
+    def get_config(self):
+        return {**super().get_config(), "channels": self.channels, "stride": self.stride, "affine": self.affine}
+
+
+@_register
+class Pool(keras.layers.Layer):
+    """3×3 max or average pooling, padding 1; the average excludes the
+    padding from the count (PyTorch ``count_include_pad=False``).  No
+    parameters; channels are unchanged (the caller guarantees C_in == C)."""
+
+    def __init__(self, kind="max", stride=1, **kwargs):
+        super().__init__(**kwargs)
+        if kind not in ("max", "avg"):
+            raise ValueError(f"Pool: kind must be 'max' or 'avg', got {kind!r}")
+        self.kind, self.stride = kind, int(stride)
+
+    def call(self, inputs):
+        x, s = inputs, self.stride
+        if s == 1:  # TF 'SAME' pools ignore the padding, as the reference does
+            pool = tf.nn.max_pool2d if self.kind == "max" else tf.nn.avg_pool2d
+            return pool(x, 3, 1, "SAME")
+        if self.kind == "max":
+            return tf.nn.max_pool2d(_pad(x, 1, value=x.dtype.min), 3, s, "VALID")
+        summed = tf.nn.avg_pool2d(_pad(x, 1), 3, s, "VALID")
+        return summed * self._count_correction(x)
+
+    def _count_correction(self, x):
+        """9 / (number of real pixels in each window), shape (1, H', W', 1)."""
+        h, w = x.shape[1], x.shape[2]
+        if h is not None and w is not None:
+            ones = np.pad(np.ones((h, w)), 1)
+            counts = np.lib.stride_tricks.sliding_window_view(ones, (3, 3))[::self.stride, ::self.stride].sum(axis=(2, 3))
+            return tf.constant((9.0 / counts)[None, :, :, None], dtype=x.dtype)
+        ones = tf.ones_like(x[:1, :, :, :1])
+        counts = tf.nn.avg_pool2d(_pad(ones, 1), 3, self.stride, "VALID")
+        return 1.0 / counts
+
+    def compute_output_shape(self, input_shape):
+        b, h, w, c = input_shape
+        s = self.stride
+        return (b, _out_size(h, 3, s, 1), _out_size(w, 3, s, 1), c)
+
+    def get_config(self):
+        return {**super().get_config(), "kind": self.kind, "stride": self.stride}
+
+
+def _skip(channels, stride, affine, **kw):
+    return Identity(**kw) if stride == 1 else FactorizedReduce(channels, affine=affine, **kw)
+
+
+# name -> factory(channels, stride, affine, **layer_kwargs) -> Layer
+OPERATIONS = {
+    "none": lambda C, stride, affine, **kw: Zero(stride, **kw),
+    "avg_pool_3x3": lambda C, stride, affine, **kw: Pool("avg", stride, **kw),
+    "max_pool_3x3": lambda C, stride, affine, **kw: Pool("max", stride, **kw),
+    "skip_connect": _skip,
+    "sep_conv_3x3": lambda C, stride, affine, **kw: SepConv(C, 3, stride, affine, **kw),
+    "sep_conv_5x5": lambda C, stride, affine, **kw: SepConv(C, 5, stride, affine, **kw),
+    "sep_conv_7x7": lambda C, stride, affine, **kw: SepConv(C, 7, stride, affine, **kw),
+    "dil_conv_3x3": lambda C, stride, affine, **kw: DilConv(C, 3, stride, 2, affine, **kw),
+    "dil_conv_5x5": lambda C, stride, affine, **kw: DilConv(C, 5, stride, 2, affine, **kw),
+    "conv_7x1_1x7": lambda C, stride, affine, **kw: Conv7x1_1x7(C, stride, affine, **kw),
+}
+
+
+def make_operation(name, channels, stride, affine=True, **layer_kwargs):
+    """The layer for operation ``name`` with ``channels`` output channels
+    (= input channels) and ``stride`` 1 or 2.  ``layer_kwargs`` (``name``,
+    ``dtype``) go to the layer."""
+    try:
+        factory = OPERATIONS[name]
+    except KeyError:
+        raise GenotypeError(f"unknown operation {name!r}; known: {', '.join(sorted(OPERATIONS))}") from None
+    if stride not in (1, 2):
+        raise ValueError(f"stride must be 1 or 2, got {stride!r}")
+    return factory(int(channels), int(stride), bool(affine), **layer_kwargs)
