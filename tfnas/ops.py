@@ -25,7 +25,7 @@ from tfnas.genotypes import GenotypeError
 __all__ = [
     "BatchNorm", "ReLUConvBN", "FactorizedReduce", "SepConv", "DilConv", "Pool",
     "Zero", "Identity", "Conv7x1_1x7", "OPERATIONS", "make_operation",
-    "set_batch_norm_fused", "batch_norm_layers",
+    "set_batch_norm_fused", "batch_norm_layers", "operation_parameter_count",
 ]
 
 _register = keras.saving.register_keras_serializable(package="tfnas")
@@ -567,10 +567,12 @@ OPERATIONS = {
 }
 
 
-def make_operation(name, channels, stride, affine=True, **layer_kwargs):
+def make_operation(name, channels, stride, affine=True, *, layer_name=None, **layer_kwargs):
     """The layer for operation ``name`` with ``channels`` output channels
-    (= input channels) and ``stride`` 1 or 2.  ``layer_kwargs`` (``name``,
-    ``dtype``) go to the layer."""
+    (= input channels) and ``stride`` 1 or 2.  ``layer_name`` becomes the
+    Keras layer's name; other ``layer_kwargs`` (e.g. ``dtype``) go to the layer."""
+    if layer_name is not None:
+        layer_kwargs["name"] = layer_name
     try:
         factory = OPERATIONS[name]
     except KeyError:
@@ -578,3 +580,25 @@ def make_operation(name, channels, stride, affine=True, **layer_kwargs):
     if stride not in (1, 2):
         raise ValueError(f"stride must be 1 or 2, got {stride!r}")
     return factory(int(channels), int(stride), bool(affine), **layer_kwargs)
+
+
+def operation_parameter_count(name, channels, stride, affine=True) -> int:
+    """Trainable parameters of ``make_operation(name, channels, stride,
+    affine)`` without building it (tested against the built layers)."""
+    C = int(channels)
+    bn = 2 * C if affine else 0
+    if name not in OPERATIONS:
+        raise GenotypeError(f"unknown operation {name!r}; known: {', '.join(sorted(OPERATIONS))}")
+    if name in ("none", "avg_pool_3x3", "max_pool_3x3"):
+        return 0
+    if name == "skip_connect":
+        return 0 if stride == 1 else C * C + bn
+    if name.startswith("sep_conv_"):
+        k = int(name[-1])
+        return 2 * (k * k * C + C * C + bn)
+    if name.startswith("dil_conv_"):
+        k = int(name[-1])
+        return k * k * C + C * C + bn
+    if name == "conv_7x1_1x7":
+        return 2 * 7 * C * C + bn
+    raise AssertionError(name)  # every OPERATIONS entry is handled above
