@@ -1,0 +1,372 @@
+"""DARTS bilevel search: the alpha step and the weight step, first and second order.
+
+Per mini-batch pair (a batch of the weight half and one of the alpha half):
+
+1. **alpha step** -- the architecture parameters (alphas) follow the gradient
+   of the alpha-half loss:
+   - ``order=1``: ``∇α L_val(w, α)`` at the current weights;
+   - ``order=2``: the unrolled gradient ``∇α L_val(w', α)`` with one virtual
+     SGD step ``w' = w − ξ·(μ·buf + ∇w L_train(w, α) + λ·w)`` (momentum
+     buffer, weight decay; ξ is the current learning rate), either with the
+     reference's finite-difference Hessian-vector product (``hessian="fd"``)
+     or by differentiating through the virtual step (``hessian="exact"``);
+2. **weight step** -- the weights follow ``∇w L_train(w, α)`` (gradient-norm
+   clip, then SGD with momentum and L2 weight decay, as the reference).
+
+The search model is any Keras model with ``weight_variables`` and
+``alpha_variables`` attributes (lists of variables) whose call returns logits.
+Networks are evaluated at given weight values with
+:class:`keras.StatelessScope`, which makes every pass side-effect free and
+lets the same code run per replica under ``tf.distribute``: every state
+update (optimizer slots, alphas, weights, BN statistics) is applied once, in
+cross-replica context, from all-reduced values, so every replica holds the
+same alphas.
+
+Trace time is kept small by tracing the network pass once per kind
+(``_pass``: gradients wrt weights, wrt alphas, or both) as a nested
+``tf.function`` and calling it from the step functions.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+
+import keras
+import tensorflow as tf
+
+HESSIAN_MODES = ("fd", "exact")
+
+
+@dataclass(frozen=True)
+class DartsConfig:
+    """Optimisation settings of the DARTS search (the reference values)."""
+
+    order: int = 1
+    hessian: str = "fd"              # second order: "fd" (reference) or "exact"
+    learning_rate: float = 0.025     # weights: SGD, cosine to learning_rate_min
+    learning_rate_min: float = 0.001
+    momentum: float = 0.9
+    weight_decay: float = 3e-4
+    grad_clip: float = 5.0
+    arch_learning_rate: float = 3e-4  # alphas: Adam
+    arch_beta_1: float = 0.5
+    arch_beta_2: float = 0.999
+    arch_epsilon: float = 1e-8
+    arch_weight_decay: float = 1e-3
+    fd_radius: float = 0.01           # ε = fd_radius / ‖v‖
+
+    def __post_init__(self):
+        if self.order not in (1, 2):
+            raise ValueError(f"order must be 1 or 2, not {self.order!r}")
+        if self.hessian not in HESSIAN_MODES:
+            raise ValueError(f"hessian must be one of {HESSIAN_MODES}, not {self.hessian!r}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data) -> "DartsConfig":
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+
+def cosine_learning_rate(epoch: int, epochs: int, lr_max: float, lr_min: float) -> float:
+    """PyTorch ``CosineAnnealingLR`` stepped once per epoch (epoch 0 -> lr_max)."""
+    if epochs <= 0:
+        return lr_max
+    return lr_min + (lr_max - lr_min) * (1 + math.cos(math.pi * epoch / epochs)) / 2
+
+
+def _as_dtype(value, dtype):
+    # tf.cast of a Python float goes through float32; convert directly instead.
+    if isinstance(value, (int, float)):
+        return tf.constant(value, dtype=dtype)
+    return tf.cast(value, dtype)
+
+
+def _slot(variable, name):
+    return tf.Variable(tf.zeros(variable.shape, dtype=variable.dtype), trainable=False,
+                       name=name)
+
+
+class ReferenceSGD(tf.Module):
+    """PyTorch SGD (momentum, L2 weight decay in the gradient), as DARTS uses it.
+
+    ``buf = μ·buf + (g + λ·w); w -= lr·buf``.  Kept here rather than a Keras
+    optimizer because the second-order virtual step reads the momentum
+    buffer in exactly this (learning-rate free) form; Keras' SGD stores
+    ``−lr·buf`` instead.  Create under the strategy scope; call
+    :meth:`apply` in cross-replica context with reduced gradients.
+    """
+
+    def __init__(self, variables, momentum, weight_decay, name="weight_optimizer"):
+        super().__init__(name=name)
+        self.momentum = float(momentum)
+        self.weight_decay = float(weight_decay)
+        self.buffers = [_slot(v, f"momentum_{i}") for i, v in enumerate(variables)]
+
+    def apply(self, grads, variables, learning_rate):
+        for var, buf, g in zip(variables, self.buffers, grads):
+            lr = _as_dtype(learning_rate, var.dtype)
+            g = g + self.weight_decay * var
+            new_buf = self.momentum * buf + g
+            buf.assign(new_buf)
+            var.assign_sub(lr * new_buf)
+
+
+class ReferenceAdam(tf.Module):
+    """PyTorch Adam with L2 weight decay in the gradient (DARTS' alpha optimizer)."""
+
+    def __init__(self, variables, learning_rate, beta_1, beta_2, epsilon, weight_decay,
+                 name="arch_optimizer"):
+        super().__init__(name=name)
+        self.learning_rate = float(learning_rate)
+        self.beta_1, self.beta_2 = float(beta_1), float(beta_2)
+        self.epsilon = float(epsilon)
+        self.weight_decay = float(weight_decay)
+        self.iterations = tf.Variable(0, dtype=tf.int64, trainable=False, name="iterations")
+        self.m = [_slot(v, f"m_{i}") for i, v in enumerate(variables)]
+        self.v = [_slot(v, f"v_{i}") for i, v in enumerate(variables)]
+
+    def apply(self, grads, variables):
+        step = self.iterations.assign_add(1)
+        for var, m, v, g in zip(variables, self.m, self.v, grads):
+            t = tf.cast(step, var.dtype)
+            g = g + self.weight_decay * var
+            m_new = self.beta_1 * m + (1 - self.beta_1) * g
+            v_new = self.beta_2 * v + (1 - self.beta_2) * tf.square(g)
+            m.assign(m_new)
+            v.assign(v_new)
+            m_hat = m_new / (1 - tf.pow(_as_dtype(self.beta_1, var.dtype), t))
+            v_hat = v_new / (1 - tf.pow(_as_dtype(self.beta_2, var.dtype), t))
+            var.assign_sub(self.learning_rate * m_hat / (tf.sqrt(v_hat) + self.epsilon))
+
+
+def clip_by_global_norm_like_torch(grads, max_norm):
+    """``torch.nn.utils.clip_grad_norm_``: scale by max_norm/(norm+1e-6) if < 1."""
+    norm = tf.linalg.global_norm(grads)
+    coef = tf.minimum(tf.cast(max_norm, norm.dtype) / (norm + 1e-6), 1.0)
+    return [g * tf.cast(coef, g.dtype) for g in grads], norm
+
+
+def _zeros_for_none(grads, values):
+    return [tf.zeros_like(v) if g is None else g for g, v in zip(grads, values)]
+
+
+def _all_reduce_mean(values):
+    """Mean over replicas inside ``strategy.run`` (identity without a strategy)."""
+    ctx = tf.distribute.get_replica_context()
+    if ctx is None or ctx.num_replicas_in_sync == 1:
+        return values
+    return ctx.all_reduce(tf.distribute.ReduceOp.MEAN, values)
+
+
+class BilevelSearch:
+    """The DARTS bilevel optimisation of one search model.
+
+    ``model`` must be built and expose ``weight_variables`` and
+    ``alpha_variables``.  ``strategy`` defaults to the current
+    ``tf.distribute`` strategy; create the model under its scope first.
+    """
+
+    def __init__(self, model, config: DartsConfig = DartsConfig(), strategy=None):
+        self.model = model
+        self.config = config
+        self.strategy = strategy or tf.distribute.get_strategy()
+        self.weight_vars = list(model.weight_variables)
+        self.alpha_vars = list(model.alpha_variables)
+        # Non-trainable state written in training mode (BN statistics).
+        alpha_ids = {id(v) for v in self.alpha_vars}
+        self.state_vars = [v for v in model.non_trainable_variables
+                           if "float" in str(v.dtype) and id(v) not in alpha_ids]
+        with self.strategy.scope():
+            dtype = self.weight_vars[0].dtype
+            self.learning_rate = tf.Variable(config.learning_rate, dtype=dtype, trainable=False,
+                                             name="learning_rate")
+            self.weight_optimizer = ReferenceSGD(self.weight_vars, config.momentum,
+                                                 config.weight_decay)
+            self.arch_optimizer = ReferenceAdam(
+                self.alpha_vars, config.arch_learning_rate, config.arch_beta_1,
+                config.arch_beta_2, config.arch_epsilon, config.arch_weight_decay)
+        # One traced network pass per (wrt weights, wrt alphas) combination.
+        self._pass = tf.function(self._pass_impl, reduce_retracing=True)
+        self._step_fn = None
+        self._alpha_grad_fns = {}
+        self._eval_fn = None
+
+    # ---------------------------------------------------------------- passes
+    def trackables(self) -> dict:
+        """What a checkpoint must hold to resume the search exactly."""
+        return {"model": self.model, "weight_optimizer": self.weight_optimizer,
+                "arch_optimizer": self.arch_optimizer, "learning_rate": self.learning_rate}
+
+    def _forward(self, x, weights, alphas, training=True):
+        """Logits at the given weight/alpha values (no side effects) and the
+        state values (BN statistics) the pass would have written."""
+        mapping = list(zip(self.weight_vars, weights)) + list(zip(self.alpha_vars, alphas))
+        with keras.StatelessScope(state_mapping=mapping) as scope:
+            logits = self.model(x, training=training)
+        state = []
+        for v in self.state_vars:
+            new = scope.get_current_value(v)
+            state.append(tf.convert_to_tensor(v) if new is None else new)
+        return logits, state
+
+    @staticmethod
+    def _loss_acc(logits, labels):
+        labels = tf.cast(labels, tf.int64)
+        loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(
+            labels=labels, logits=logits))
+        acc = tf.reduce_mean(tf.cast(tf.equal(tf.argmax(logits, -1), labels), loss.dtype))
+        return loss, acc
+
+    def _pass_impl(self, x, y, weights, alphas, wrt_weights: bool, wrt_alphas: bool):
+        """Loss, accuracy, gradients wrt weights and/or alphas, state writes."""
+        with tf.GradientTape() as tape:
+            tape.watch(weights)
+            tape.watch(alphas)
+            logits, state = self._forward(x, weights, alphas)
+            loss, acc = self._loss_acc(logits, y)
+        targets = (list(weights) if wrt_weights else []) + (list(alphas) if wrt_alphas else [])
+        grads = _zeros_for_none(tape.gradient(loss, targets), targets)
+        gw = grads[:len(weights)] if wrt_weights else []
+        ga = grads[len(weights) if wrt_weights else 0:] if wrt_alphas else []
+        return loss, acc, gw, ga, state
+
+    def _values(self):
+        return ([tf.convert_to_tensor(v) for v in self.weight_vars],
+                [tf.convert_to_tensor(v) for v in self.alpha_vars])
+
+    # ------------------------------------------------- alpha gradients (replica)
+    def _alpha_grads_replica(self, xt, yt, xv, yv, order, hessian):
+        """Alpha gradient of one replica (already all-reduced where the
+        algorithm needs a global quantity), val loss and accuracy."""
+        w, a = self._values()
+        if order == 1:
+            loss, acc, _, ga, _ = self._pass(xv, yv, w, a, False, True)
+            return ga, loss, acc
+        xi = tf.cast(self.learning_rate, w[0].dtype)
+        cfg = self.config
+        if hessian == "exact":
+            return self._exact_unrolled(xt, yt, xv, yv, w, a, xi)
+        # Virtual step w' = w - ξ(μ·buf + g + λw) with the global training gradient.
+        _, _, g_train, _, _ = self._pass(xt, yt, w, a, True, False)
+        g_train = _all_reduce_mean(g_train)
+        w_virtual = [wi - xi * (cfg.momentum * buf + g + cfg.weight_decay * wi)
+                     for wi, buf, g in zip(w, self.weight_optimizer.buffers, g_train)]
+        loss, acc, v, ga, _ = self._pass(xv, yv, w_virtual, a, True, True)
+        v, ga = _all_reduce_mean((v, ga))
+        correction = self.finite_difference_hvp(xt, yt, w, a, v)
+        ga = [g - xi * c for g, c in zip(ga, correction)]
+        return ga, loss, acc
+
+    def finite_difference_hvp(self, x, y, weights, alphas, vector):
+        """The reference's ``(∇α L(w+εv) − ∇α L(w−εv)) / (2ε)``, ε = r/‖v‖:
+        an approximation of ``∇²_{α,w} L · v``."""
+        eps = self.config.fd_radius / tf.linalg.global_norm(vector)
+        w_plus = [wi + tf.cast(eps, wi.dtype) * vi for wi, vi in zip(weights, vector)]
+        _, _, _, g_plus, _ = self._pass(x, y, w_plus, alphas, False, True)
+        # Run the two passes one after the other: in parallel they double peak memory.
+        with tf.control_dependencies(g_plus):
+            w_minus = [wi - tf.cast(eps, wi.dtype) * vi for wi, vi in zip(weights, vector)]
+        _, _, _, g_minus, _ = self._pass(x, y, w_minus, alphas, False, True)
+        g_plus, g_minus = _all_reduce_mean((g_plus, g_minus))
+        return [(gp - gm) / tf.cast(2 * eps, gp.dtype) for gp, gm in zip(g_plus, g_minus)]
+
+    def _exact_unrolled(self, xt, yt, xv, yv, w, a, xi):
+        """∇α L_val(w'(α), α), differentiating through the virtual step."""
+        cfg = self.config
+        with tf.GradientTape() as outer:
+            outer.watch(a)
+            with tf.GradientTape() as inner:
+                inner.watch(w)
+                logits, _ = self._forward(xt, w, a)
+                loss_train, _ = self._loss_acc(logits, yt)
+            g_train = _zeros_for_none(inner.gradient(loss_train, w), w)
+            g_train = _all_reduce_mean(g_train)
+            w_virtual = [wi - xi * (cfg.momentum * buf + g + cfg.weight_decay * wi)
+                         for wi, buf, g in zip(w, self.weight_optimizer.buffers, g_train)]
+            logits, _ = self._forward(xv, w_virtual, a)
+            loss, acc = self._loss_acc(logits, yv)
+        ga = _zeros_for_none(outer.gradient(loss, a), a)
+        ga = _all_reduce_mean(ga)
+        return ga, loss, acc
+
+    def _weight_grads_replica(self, x, y):
+        w, a = self._values()
+        loss, acc, gw, _, state = self._pass(x, y, w, a, True, False)
+        return gw, loss, acc, state
+
+    # ------------------------------------------------------ cross-replica API
+    def _run_mean(self, fn, *args):
+        per_replica = self.strategy.run(fn, args=args)
+        if self.strategy.num_replicas_in_sync == 1 and not isinstance(
+                self.strategy, tf.distribute.MirroredStrategy):
+            return per_replica
+        return tf.nest.map_structure(
+            lambda t: self.strategy.reduce(tf.distribute.ReduceOp.MEAN, t, axis=None),
+            per_replica)
+
+    def _search_step_impl(self, train_batch, val_batch):
+        cfg = self.config
+        xt, yt = train_batch
+        xv, yv = val_batch
+        ga, val_loss, val_acc = self._run_mean(
+            lambda a, b, c, d: self._alpha_grads_replica(a, b, c, d, cfg.order, cfg.hessian),
+            xt, yt, xv, yv)
+        self.arch_optimizer.apply(ga, self.alpha_vars)
+        gw, loss, acc, state = self._run_mean(self._weight_grads_replica, xt, yt)
+        gw, grad_norm = clip_by_global_norm_like_torch(gw, cfg.grad_clip)
+        self.weight_optimizer.apply(gw, self.weight_vars, self.learning_rate)
+        for var, value in zip(self.state_vars, state):
+            var.assign(value)
+        return {"loss": loss, "acc": acc, "alpha_loss": val_loss, "alpha_acc": val_acc,
+                "grad_norm": grad_norm}
+
+    def search_step(self, train_batch, val_batch):
+        """One alpha step then one weight step; returns scalar metrics.
+        Batches may be distributed values (``strategy.experimental_distribute_dataset``)."""
+        if self._step_fn is None:
+            self._step_fn = tf.function(self._search_step_impl)
+        return self._step_fn(train_batch, val_batch)
+
+    def alpha_gradient(self, train_batch, val_batch, order=None, hessian=None):
+        """The alpha gradient the next alpha step would use (no update), for
+        tests and probes; runs on the default strategy."""
+        order = self.config.order if order is None else order
+        hessian = self.config.hessian if hessian is None else hessian
+        key = (order, hessian)
+        if key not in self._alpha_grad_fns:
+            def fn(tb, vb):
+                return self._alpha_grads_replica(tb[0], tb[1], vb[0], vb[1], order, hessian)[0]
+            self._alpha_grad_fns[key] = tf.function(fn)
+        return [g.numpy() for g in self._alpha_grad_fns[key](train_batch, val_batch)]
+
+    def _eval_impl(self, x, y):
+        def replica(x, y):
+            logits = self.model(x, training=False)
+            return self._loss_acc(logits, y)
+        return self._run_mean(replica, x, y)
+
+    def evaluate(self, dataset, max_batches=None):
+        """Mean loss and accuracy in inference mode over a (distributed) dataset."""
+        if self._eval_fn is None:
+            self._eval_fn = tf.function(self._eval_impl)
+        total_loss = total_acc = 0.0
+        n = 0
+        for x, y in dataset:
+            loss, acc = self._eval_fn(x, y)
+            total_loss += float(loss)
+            total_acc += float(acc)
+            n += 1
+            if max_batches and n >= max_batches:
+                break
+        return {"loss": total_loss / max(n, 1), "acc": total_acc / max(n, 1)}
+
+    def set_epoch(self, epoch: int, epochs: int) -> float:
+        """Set the cosine learning rate of this epoch (no retracing)."""
+        lr = cosine_learning_rate(epoch, epochs, self.config.learning_rate,
+                                  self.config.learning_rate_min)
+        self.learning_rate.assign(lr)
+        return lr
