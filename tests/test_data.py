@@ -1,0 +1,185 @@
+"""tfnas.data: folder and tfds datasets, splits, augmentation, errors."""
+
+import os
+
+import numpy as np
+import pytest
+
+from tfnas import data
+from tfnas.data import DatasetError
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _private_cache(tmp_path_factory):
+    # Keep the decoded-image cache of the test session out of the user's home.
+    old = os.environ.get("TFNAS_CACHE_DIR")
+    os.environ["TFNAS_CACHE_DIR"] = str(tmp_path_factory.mktemp("tfnas-cache"))
+    yield
+    if old is None:
+        os.environ.pop("TFNAS_CACHE_DIR", None)
+    else:
+        os.environ["TFNAS_CACHE_DIR"] = old
+
+
+@pytest.fixture(scope="session")
+def mini(cifar_mini):
+    return data.open_dataset(f"folder:{cifar_mini}", validation=1000)
+
+
+def _write_images(root, split, classes, shape=(32, 32, 3), per_class=3, odd=None):
+    from PIL import Image
+    rng = np.random.RandomState(0)
+    for c in classes:
+        d = root / split / c
+        d.mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            s = odd if (odd is not None and c == classes[-1] and i == per_class - 1) else shape
+            arr = rng.randint(0, 256, size=s, dtype=np.uint8)
+            Image.fromarray(arr.squeeze() if s[-1] == 1 else arr).save(d / f"{i:04d}.png")
+
+
+def test_mini_info_and_splits(mini):
+    info = mini.info
+    assert info.num_classes == 10 and info.image_shape == (32, 32, 3)
+    assert info.class_names[0] == "airplane" and info.class_names[9] == "truck"
+    assert info.num_examples["train"] == 9000 and info.num_examples["validation"] == 1000
+    assert info.num_examples["test"] == 2000
+    assert info.num_examples["train_a"] + info.num_examples["train_b"] == 9000
+    # statistics are those of the real CIFAR-10 images, roughly the known ones
+    assert np.allclose(info.mean, data.CIFAR_STATS["cifar10"][0], atol=0.01)
+    assert np.allclose(info.std, data.CIFAR_STATS["cifar10"][1], atol=0.01)
+    # carved splits are disjoint and cover train
+    tr = mini.arrays("train")[0].reshape(9000, -1)
+    va = mini.arrays("validation")[0].reshape(1000, -1)
+    keys = {row.tobytes() for row in tr}
+    assert not any(row.tobytes() in keys for row in va[:200])
+    # every class present in the validation split (it comes from a permutation)
+    assert len(np.unique(mini.arrays("validation")[1])) == 10
+
+
+def test_test_split_pipeline_is_normalised_and_ordered(mini):
+    ds = mini.dataset("test", 500)
+    xs, ys = zip(*[(x.numpy(), y.numpy()) for x, y in ds])
+    x, y = np.concatenate(xs), np.concatenate(ys)
+    assert x.shape == (2000, 32, 32, 3) and x.dtype == np.float32 and y.dtype == np.int32
+    raw_x, raw_y = mini.arrays("test")
+    np.testing.assert_array_equal(y, raw_y)
+    expect = (raw_x / 255.0 - np.array(mini.info.mean)) / np.array(mini.info.std)
+    np.testing.assert_allclose(x, expect, atol=1e-5)
+
+
+def test_augmentation_crop_flip_cutout(mini):
+    raw = mini.arrays("train")[0]
+    ds = mini.dataset("train", 256, augment=True, cutout=16, seed=3, epoch=0)
+    x, y = next(iter(ds))
+    x = x.numpy()
+    mean, std = np.array(mini.info.mean), np.array(mini.info.std)
+    pixels = x * std + mean                          # back to [0, 1]
+    zero_pad = np.isclose(pixels, 0, atol=1e-5).all(-1)
+    hole = np.isclose(x, 0, atol=1e-6).all(-1)
+    assert hole.any(axis=(1, 2)).mean() > 0.9        # cutout almost always visible
+    assert max(hole[i].sum() for i in range(len(hole))) <= 16 * 16
+    assert zero_pad.any(axis=(1, 2)).mean() > 0.5    # padding shows after most crops
+
+
+def test_crop_flip_is_a_padded_crop_of_the_same_image():
+    import tensorflow as tf
+    rng = np.random.RandomState(1)
+    x = rng.rand(16, 32, 32, 3).astype(np.float32) + 0.5   # no zeros inside the image
+    out = data._random_crop_flip(tf.constant(x), 4, tf.constant([1, 2], tf.int64),
+                                 tf.constant([3, 4], tf.int64)).numpy()
+    padded = np.pad(x, [(0, 0), (4, 4), (4, 4), (0, 0)])
+    shifts, flips = set(), set()
+    for i in range(16):
+        matches = [(dy, dx, f) for dy in range(9) for dx in range(9) for f in (0, 1)
+                   if np.array_equal(out[i], (lambda c: c[:, ::-1] if f else c)(
+                       padded[i, dy:dy + 32, dx:dx + 32]))]
+        assert matches, f"image {i} is not a crop of its padded source"
+        shifts.add(matches[0][:2])
+        flips.add(matches[0][2])
+    assert len(shifts) > 4 and flips == {0, 1}
+
+
+def test_order_is_a_function_of_seed_and_epoch(mini):
+    def labels(**kw):
+        return np.concatenate([y.numpy() for _, y in mini.dataset("train_a", 1000, shuffle=True, **kw)])
+    a, b = labels(seed=1, epoch=4), labels(seed=1, epoch=4)
+    np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(a, labels(seed=1, epoch=5))
+    assert not np.array_equal(a, labels(seed=2, epoch=4))
+    assert sorted(a) == sorted(mini.arrays("train_a")[1])  # a permutation of the split
+    # epoch=None: a new order on every pass over the same dataset object
+    ds = mini.dataset("train_a", 1000, shuffle=True, seed=1)
+    first = np.concatenate([y.numpy() for _, y in ds])
+    second = np.concatenate([y.numpy() for _, y in ds])
+    assert not np.array_equal(first, second)
+
+
+def test_darts_halves(cifar_mini):
+    w, a, info = data.darts_search_splits(f"folder:{cifar_mini}", 1000)
+    assert info.num_examples["train_a"] == 5000 == info.num_examples["train_b"]
+    x, _ = next(iter(w))
+    assert x.shape == (1000, 32, 32, 3)
+
+
+def test_load_dataset_interface(cifar_mini):
+    ds, info = data.load_dataset(f"folder:{cifar_mini}", "test", 64)
+    assert info.num_classes == 10
+    x, y = next(iter(ds))
+    assert x.shape == (64, 32, 32, 3)
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("folder:/nonexistent/tfnas-data", "does not exist"),
+    ("imagenet", "unknown dataset"),
+])
+def test_bad_specs(spec, message):
+    with pytest.raises(DatasetError, match=message):
+        data.open_dataset(spec)
+
+
+def test_empty_and_classless_folders(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DatasetError, match="no train/"):
+        data.open_dataset(f"folder:{tmp_path / 'empty'}")
+    (tmp_path / "noclass" / "train").mkdir(parents=True)
+    (tmp_path / "noclass" / "test").mkdir(parents=True)
+    with pytest.raises(DatasetError, match="no class sub-folders"):
+        data.open_dataset(f"folder:{tmp_path / 'noclass'}")
+    for split in ("train", "test"):
+        (tmp_path / "noimg" / split / "cat").mkdir(parents=True)
+    with pytest.raises(DatasetError, match="contains no images"):
+        data.open_dataset(f"folder:{tmp_path / 'noimg'}")
+
+
+def test_wrong_image_size_and_channels(tmp_path):
+    classes = ["a", "b"]
+    for split in ("train", "test"):
+        _write_images(tmp_path / "size", split, classes, odd=(28, 28, 3) if split == "test" else None)
+    with pytest.raises(DatasetError, match=r"28x28.*expected 32x32"):
+        data.open_dataset(f"folder:{tmp_path / 'size'}")
+    for split in ("train", "test"):
+        _write_images(tmp_path / "chan", split, classes, odd=(32, 32, 1) if split == "train" else None)
+    with pytest.raises(DatasetError, match=r"1 channel"):
+        data.open_dataset(f"folder:{tmp_path / 'chan'}")
+
+
+def test_small_folder_dataset_and_stats_cache(tmp_path):
+    for split in ("train", "test"):
+        _write_images(tmp_path / "ok", split, ["x", "y", "z"], shape=(8, 8, 3))
+    d = data.open_dataset(f"folder:{tmp_path / 'ok'}")
+    assert d.info.image_shape == (8, 8, 3) and d.info.num_classes == 3
+    cached = os.listdir(os.path.join(os.environ["TFNAS_CACHE_DIR"], "datasets"))
+    assert any(name.startswith("folder-") for name in cached)
+    raw = d.arrays("train")[0] / 255.0
+    np.testing.assert_allclose(d.info.mean, raw.reshape(-1, 3).mean(0), rtol=1e-6)
+    with pytest.raises(DatasetError, match="unknown split"):
+        d.dataset("validation", 4)
+
+
+def test_tfds_missing_fails_at_once(tmp_path):
+    import time
+    t = time.time()
+    with pytest.raises(DatasetError, match=r"not prepared.*folder:PATH"):
+        data.open_dataset("cifar10", data_dir=str(tmp_path))
+    assert time.time() - t < 2.0
