@@ -381,9 +381,11 @@ def resolve_genotype(spec: str) -> Genotype:
             raise GenotypeError(f"cannot read genotype file {spec}: {err}") from None
         stem = os.path.splitext(os.path.basename(spec))[0]
         try:
-            return parse_genotype(text, name=stem)
+            genotype = parse_genotype(text)
         except GenotypeError as err:
             raise GenotypeError(f"{spec}: {err}") from None
+        # A name stored in the file wins; else the file's stem names it.
+        return genotype if genotype.name else genotype.with_name(stem)
     if re.fullmatch(r"[A-Za-z][\w.-]*", spec) and not spec.endswith((".json", ".txt")):
         return get_genotype(spec)
     raise GenotypeError(f"genotype {spec!r} is not a known name, an existing file, "
