@@ -3,9 +3,10 @@
 - **Connection variants** (``<ARCH>_CONN<k>``) keep every operation and
   re-draw every input index; **operation variants** (``<ARCH>_OPS<k>``) keep
   the wiring and re-draw every operation.  Both reproduce the authors'
-  released generators exactly: NumPy's legacy global RNG seeded with ``k``,
-  draws in the authors' order (the global RNG state of the caller is
-  restored afterwards).
+  released generators exactly: NumPy's legacy RNG seeded with ``k``, draws
+  in the authors' order (through a private ``RandomState(k)``, the same
+  stream as ``numpy.random.seed(k)``, so the caller's global RNG is left
+  alone).
 - :func:`stratified_variants` draws k connection variants per width band of
   the normal cell (the paper's DARTS study: C1..C12 at widths 2, 2.5, 3, 3.5).
 - :func:`widest_rewiring` (every node fed by the two input nodes, like the
@@ -18,7 +19,6 @@ Variant names resolve like zoo names: ``get_genotype("DARTS_CONN3")``,
 
 from __future__ import annotations
 
-import contextlib
 import re
 
 import numpy as np
@@ -42,18 +42,14 @@ _SEED_LIMIT = 2 ** 32  # numpy.random.seed accepts 0 <= seed < 2**32
 _NAME = re.compile(r"^(?P<arch>.+?)_(?:(?P<kind>CONN|OPS)(?P<seed>\d+)|(?P<rewiring>WIDEST|DEEPEST))$")
 
 
-@contextlib.contextmanager
-def _legacy_global_seed(seed: int):
-    """Seed NumPy's legacy global RNG (as the authors' code does) and put the
-    caller's RNG state back afterwards."""
+def _legacy_rng(seed: int) -> np.random.RandomState:
+    """The authors call ``numpy.random.seed(k)`` and then draw from the
+    legacy global RNG; a ``RandomState(k)`` yields the identical stream
+    (the global RNG is a ``RandomState``) and leaves the caller's global
+    RNG untouched."""
     if not 0 <= seed < _SEED_LIMIT:
         raise GenotypeError(f"variant seed {seed} out of range; use 0..{_SEED_LIMIT - 1}")
-    saved = np.random.get_state()
-    np.random.seed(seed)
-    try:
-        yield
-    finally:
-        np.random.set_state(saved)
+    return np.random.RandomState(seed)
 
 
 def _base_name(genotype: Genotype) -> str:
@@ -71,15 +67,15 @@ def conn_variant(genotype: Genotype, seed: int, name: str | None = None) -> Geno
             f"connection variants need cells with equal edge counts; normal has "
             f"{len(genotype.normal)}, reduce has {len(genotype.reduce)}")
     normal, reduce = [], []
-    with _legacy_global_seed(seed):
-        states = [0, 1]
-        for i in range(len(genotype.normal)):
-            normal_input = int(np.random.choice(states, 1)[0])
-            reduce_input = int(np.random.choice(states, 1)[0])
-            normal.append((genotype.normal[i][0], normal_input))
-            reduce.append((genotype.reduce[i][0], reduce_input))
-            if i % 2 == 1:
-                states.append(states[-1] + 1)
+    rng = _legacy_rng(seed)
+    states = [0, 1]
+    for i in range(len(genotype.normal)):
+        normal_input = int(rng.choice(states, 1)[0])
+        reduce_input = int(rng.choice(states, 1)[0])
+        normal.append((genotype.normal[i][0], normal_input))
+        reduce.append((genotype.reduce[i][0], reduce_input))
+        if i % 2 == 1:
+            states.append(states[-1] + 1)
     return genotype.replace(normal=tuple(normal), reduce=tuple(reduce),
                             name=name or f"{_base_name(genotype)}_CONN{seed}")
 
@@ -89,9 +85,9 @@ def ops_variant(genotype: Genotype, seed: int, name: str | None = None) -> Genot
     ``numpy.random.choice(7, n_edges)`` for the normal cell, then for the
     reduce cell, index j meaning the j-th DARTS operation without ``none``."""
     seed = int(seed)
-    with _legacy_global_seed(seed):
-        normal_ops = np.random.choice(len(DARTS_OPS_NO_NONE), len(genotype.normal))
-        reduce_ops = np.random.choice(len(DARTS_OPS_NO_NONE), len(genotype.reduce))
+    rng = _legacy_rng(seed)
+    normal_ops = rng.choice(len(DARTS_OPS_NO_NONE), len(genotype.normal))
+    reduce_ops = rng.choice(len(DARTS_OPS_NO_NONE), len(genotype.reduce))
     normal = tuple((DARTS_OPS_NO_NONE[j], idx) for j, (_, idx) in zip(normal_ops, genotype.normal))
     reduce = tuple((DARTS_OPS_NO_NONE[j], idx) for j, (_, idx) in zip(reduce_ops, genotype.reduce))
     return genotype.replace(normal=normal, reduce=reduce,
