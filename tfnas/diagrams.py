@@ -16,6 +16,8 @@ import io
 import math
 import os
 
+import numpy as np
+
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.patches import Circle, FancyArrowPatch, FancyBboxPatch
@@ -35,6 +37,7 @@ _COLUMN_GAP = 2.6   # data units (about inches) between node columns
 _ROW_GAP = 1.25     # between nodes of one column
 _NODE_RADIUS = 0.24
 _FONT = 7.5
+_PNG_DPI = 120  # 7.5 pt labels are 12 px tall
 _TITLE_HEIGHT = 0.6  # inches above each cell for its two-line title
 # One colour per operation (colour-blind-safe Tableau-like palette).
 _OP_COLOURS = dict(zip(
@@ -77,14 +80,16 @@ def _layout(cell: Cell) -> dict:
     return pos
 
 
+_CLEARANCE_T = np.linspace(0.05, 0.95, 19)
+
+
 def _clearance(p0, p1, rad: float, others) -> float:
     """Smallest distance from the arc p0->p1 to any of ``others``."""
-    best = math.inf
-    for k in range(1, 20):
-        x, y = _arc_point(p0, p1, rad, k / 20)
-        for ox, oy in others:
-            best = min(best, math.hypot(x - ox, y - oy))
-    return best
+    if not others:
+        return math.inf
+    xs, ys = _arc_point(p0, p1, rad, _CLEARANCE_T)
+    ox, oy = np.asarray(others, dtype=float).T
+    return float(np.sqrt((xs[:, None] - ox) ** 2 + (ys[:, None] - oy) ** 2).min())
 
 
 def _edge_curvature(cell: Cell, pos: dict) -> list:
@@ -141,11 +146,11 @@ def _draw_node(ax, xy, text, face, box: bool):
     x, y = xy
     if box:
         w, h = 0.95, 0.5
-        ax.add_patch(FancyBboxPatch((x - w / 2, y - h / 2), w, h,
+        ax.add_artist(FancyBboxPatch((x - w / 2, y - h / 2), w, h,
                                     boxstyle="round,pad=0.02,rounding_size=0.12",
                                     facecolor=face, edgecolor="black", linewidth=1.0, zorder=3))
     else:
-        ax.add_patch(Circle((x, y), _NODE_RADIUS, facecolor=face, edgecolor="black",
+        ax.add_artist(Circle((x, y), _NODE_RADIUS, facecolor=face, edgecolor="black",
                             linewidth=1.0, zorder=3))
     ax.text(x, y, text, ha="center", va="center", fontsize=_FONT + 1.5, zorder=4)
 
@@ -210,14 +215,14 @@ def draw_cell(cell: Cell, path=None, ax=None, title: str | None = None):
         _draw_node(ax, pos[n], str(n), "#c6dbef" if n in cell.concat else "#eeeeee", box=False)
 
     for n in cell.concat:
-        ax.add_patch(FancyArrowPatch(pos[n], pos["out"], arrowstyle="-|>", mutation_scale=10,
+        ax.add_artist(FancyArrowPatch(pos[n], pos["out"], arrowstyle="-|>", mutation_scale=10,
                                      connectionstyle=f"arc3,rad={concat_rads[n]}",
                                      linestyle="--", color="#555555", linewidth=0.9,
                                      shrinkA=_shrink(n), shrinkB=_shrink("out"), zorder=1))
 
     for e, (op, src) in enumerate(cell.edges):
         dst = 2 + e // 2
-        ax.add_patch(FancyArrowPatch(
+        ax.add_artist(FancyArrowPatch(
             pos[src], pos[dst], connectionstyle=f"arc3,rad={rads[e]}", arrowstyle="-|>",
             mutation_scale=11, color=_OP_COLOURS.get(op, "black"), linewidth=1.3,
             shrinkA=_shrink(src), shrinkB=_shrink(dst), zorder=2))
@@ -273,7 +278,7 @@ def save_figure(fig, path) -> str:
     directory = os.path.dirname(path)
     if directory:
         os.makedirs(directory, exist_ok=True)
-    fig.savefig(path, dpi=150 if suffix == ".png" else None, facecolor="white")
+    fig.savefig(path, dpi=_PNG_DPI if suffix == ".png" else None, facecolor="white")
     return path
 
 
