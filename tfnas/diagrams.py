@@ -16,6 +16,7 @@ import io
 import math
 import os
 
+import matplotlib
 import numpy as np
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -278,7 +279,9 @@ def save_figure(fig, path) -> str:
     directory = os.path.dirname(path)
     if directory:
         os.makedirs(directory, exist_ok=True)
-    fig.savefig(path, dpi=_PNG_DPI if suffix == ".png" else None, facecolor="white")
+    # SVG text stays text (editable, and much faster to write than glyph paths).
+    with matplotlib.rc_context({"svg.fonttype": "none"}):
+        fig.savefig(path, dpi=_PNG_DPI if suffix == ".png" else None, facecolor="white")
     return path
 
 

@@ -102,7 +102,8 @@ class Cell:
             raise GenotypeError(f"{where}: has no edges")
         if len(self.edges) % 2:
             raise GenotypeError(
-                f"{where}: has {len(self.edges)} edges; every intermediate node needs exactly 2")
+                f"{where}: has {len(self.edges)} edge{'s' if len(self.edges) != 1 else ''}; "
+                f"every intermediate node needs exactly 2")
         for e, (op, idx) in enumerate(self.edges):
             node = 2 + e // 2
             if op not in KNOWN_OPS:
