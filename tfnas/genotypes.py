@@ -19,7 +19,7 @@ import re
 from dataclasses import dataclass, field
 from functools import lru_cache
 from importlib import resources
-from typing import Iterable, Mapping, Sequence
+from typing import Iterable, Mapping
 
 __all__ = [
     "DARTS_OPS", "DARTS_OPS_NO_NONE", "NASNET_EXTRA_OPS", "ENAS_OPS", "KNOWN_OPS",
