@@ -1,0 +1,153 @@
+"""tfnas.training: reference optimizer, schedule, compiled steps (on a toy model)."""
+
+import math
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tfnas import training
+from tfnas.cells import DropPath
+
+
+class ToyNet(keras.Model):
+    """The NetworkCIFAR calling convention on a model that traces in a second."""
+
+    def __init__(self, num_classes=10, auxiliary=False, **kwargs):
+        super().__init__(**kwargs)
+        self.conv = keras.layers.Conv2D(8, 3, padding="same", use_bias=False)
+        self.bn = keras.layers.BatchNormalization()
+        self.drop = DropPath(seed=1)
+        self.head = keras.layers.Dense(num_classes)
+        self.aux_head = keras.layers.Dense(num_classes) if auxiliary else None
+        self.drop_path_prob = self.add_weight(shape=(), initializer="zeros", trainable=False,
+                                              name="drop_path_prob")
+
+    def build(self, input_shape):
+        self.conv.build(input_shape)
+        self.bn.build(input_shape[:-1] + (8,))
+        self.head.build((None, 8))
+        if self.aux_head is not None:
+            self.aux_head.build((None, 8))
+        self.built = True
+
+    def call_with_aux(self, x, training=False):
+        h = tf.nn.relu(self.bn(self.conv(x), training=training))
+        h = self.drop(h, self.drop_path_prob.value if training else None, training=training)
+        pooled = tf.reduce_mean(h, axis=[1, 2])
+        aux = self.aux_head(pooled) if (self.aux_head is not None and training) else None
+        return self.head(pooled), aux
+
+    def call(self, x, training=False):
+        return self.call_with_aux(x, training)[0]
+
+
+def _toy(auxiliary=False, seed=0):
+    keras.utils.set_random_seed(seed)
+    model = ToyNet(auxiliary=auxiliary)
+    model.build((None, 8, 8, 3))
+    return model
+
+
+def _batches(n=50, batch=16, seed=0):
+    rng = np.random.RandomState(seed)
+    x = rng.randn(n, 8, 8, 3).astype(np.float32)
+    y = rng.randint(0, 10, n).astype(np.int32)
+    return tf.data.Dataset.from_tensor_slices((x, y)).batch(batch), x, y
+
+
+def test_cosine_schedule_per_epoch():
+    assert training.cosine_learning_rate(0, 10, 0.025) == pytest.approx(0.025)
+    assert training.cosine_learning_rate(5, 10, 0.025) == pytest.approx(0.0125)
+    assert training.cosine_learning_rate(10, 10, 0.025) == pytest.approx(0.0, abs=1e-12)
+    assert training.cosine_learning_rate(5, 10, 0.025, 0.001) == pytest.approx(0.013)
+
+
+def test_clip_like_torch():
+    grads = [tf.constant([3.0, 4.0]), tf.constant([0.0])]          # norm 5
+    clipped, norm = training.clip_by_global_norm_like_torch(grads, 1.0)
+    assert float(norm) == pytest.approx(5.0)
+    np.testing.assert_allclose(clipped[0].numpy(), [3 / (5 + 1e-6), 4 / (5 + 1e-6)], rtol=1e-6)
+    same, _ = training.clip_by_global_norm_like_torch(grads, 10.0)
+    np.testing.assert_array_equal(same[0].numpy(), [3.0, 4.0])
+
+
+def test_reference_sgd_is_pytorch_sgd_with_coupled_l2():
+    w = tf.Variable([1.0, -2.0])
+    opt = training.ReferenceSGD(0.1, momentum=0.9, weight_decay=0.01)
+    opt.build([w])
+    ref_w, buf = np.array([1.0, -2.0]), np.zeros(2)
+    for lr, g in [(0.1, [0.5, 0.5]), (0.05, [-1.0, 2.0]), (0.01, [0.3, 0.0])]:
+        opt.learning_rate.assign(lr)
+        opt.apply([tf.constant(g)], [w])
+        d = np.array(g) + 0.01 * ref_w          # L2 in the gradient, before momentum
+        buf = 0.9 * buf + d
+        ref_w = ref_w - lr * buf                 # current lr times the buffer
+    np.testing.assert_allclose(w.numpy(), ref_w, rtol=1e-6)
+    assert int(opt.iterations.numpy()) == 3
+
+
+def test_train_step_matches_a_manual_step():
+    model = _toy(auxiliary=True)
+    strategy = tf.distribute.get_strategy()
+    trainer = training.Trainer(model, strategy, lr=0.1, momentum=0.9, weight_decay=3e-4,
+                               grad_clip=0.5, auxiliary_weight=0.4)
+    ds, x, y = _batches(n=16, batch=16)
+    before = [v.numpy().copy() for v in model.trainable_variables]
+    # manual: CE + 0.4 CE_aux, torch clip at 0.5, L2 3e-4, momentum from zero
+    with tf.GradientTape() as tape:
+        logits, aux = model.call_with_aux(x, training=True)
+        ce = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=y, logits=logits)
+        ce_aux = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=y, logits=aux)
+        loss = tf.reduce_mean(ce + 0.4 * ce_aux)
+    grads = tape.gradient(loss, model.trainable_variables)
+    grads, _ = training.clip_by_global_norm_like_torch(grads, 0.5)
+    expect = [w - 0.1 * (g.numpy() + 3e-4 * w) for w, g in zip(before, grads)]
+    result = trainer.train_epoch(ds)
+    assert result["loss"] == pytest.approx(float(loss), rel=1e-5)
+    for v, e in zip(model.trainable_variables, expect):
+        np.testing.assert_allclose(v.numpy(), e, rtol=1e-4, atol=1e-6)
+
+
+def test_compiled_once_per_run_and_learns():
+    model = _toy()
+    trainer = training.Trainer(model, tf.distribute.get_strategy(), lr=0.05)
+    ds, _, _ = _batches(n=50, batch=16)       # last batch is partial (2 examples)
+    losses = []
+    for epoch in range(6):
+        lr, p = trainer.set_epoch(epoch, 6, 0.05, 0.0, 0.2)
+        assert p == pytest.approx(0.2 * epoch / 6)
+        assert float(trainer.optimizer.learning_rate.numpy()) == pytest.approx(lr)
+        losses.append(trainer.train_epoch(ds)["loss"])
+        ev = trainer.evaluate(ds)
+        assert ev["examples"] == 50
+    assert trainer.trace_counts == {"train": 1, "eval": 1}
+    assert losses[-1] < losses[0]
+    assert int(trainer.optimizer.iterations.numpy()) == 6 * 4
+
+
+def test_nan_loss_raises_diverged():
+    model = _toy()
+    trainer = training.Trainer(model, tf.distribute.get_strategy(), lr=0.05)
+    ds, x, y = _batches(n=32, batch=16)
+    bad = tf.data.Dataset.from_tensor_slices((np.full_like(x, np.nan), y)).batch(16)
+    with pytest.raises(training.TrainingDivergedError, match="loss is nan"):
+        trainer.train_epoch(bad)
+
+
+def test_presets_and_config():
+    paper = training.TrainConfig.from_preset("paper")
+    assert (paper.init_channels, paper.layers, paper.epochs, paper.batch_size) == (36, 20, 600, 96)
+    assert paper.auxiliary and paper.cutout == 16 and paper.drop_path_prob == 0.2
+    assert (paper.lr, paper.momentum, paper.weight_decay, paper.grad_clip) == (0.025, 0.9, 3e-4, 5.0)
+    study = training.TrainConfig.from_preset("study")
+    assert not study.auxiliary and study.cutout == 0 and study.drop_path_prob == 0
+    small = training.TrainConfig.from_preset("small", epochs=3, lr=None)
+    assert small.epochs == 3 and small.lr == 0.025 and small.init_channels == 16
+    with pytest.raises(training.TrainingConfigError, match="unknown preset"):
+        training.TrainConfig.from_preset("huge")
+    with pytest.raises(training.TrainingConfigError, match="drop_path_prob"):
+        training.TrainConfig.from_preset("small", drop_path_prob=1.5).validate()
+    again = training.TrainConfig.from_dict(small.to_dict())
+    assert again == small and not math.isnan(again.lr)

@@ -1,0 +1,671 @@
+"""Training a genotype from scratch: presets, the reference optimizer, the loop.
+
+What is implemented (the DARTS ``train.py`` semantics, stated precisely):
+
+* **Optimizer**: PyTorch-style SGD with momentum and *coupled* L2 weight
+  decay, ``d = g + wd·w; buf = μ·buf + d; w -= lr·buf`` (no dampening, no
+  Nesterov), applied to every trainable variable (BN γ/β included, as the
+  reference).  This is *not* Keras' ``weight_decay`` (decoupled, AdamW-style)
+  and not Keras' SGD either (which keeps ``lr`` inside the momentum buffer).
+* **Gradient clipping**: ``torch.nn.utils.clip_grad_norm_`` on the global norm
+  of the raw gradients (before weight decay), max norm 5, computed on the
+  gradients summed over replicas.
+* **Learning rate**: cosine from ``lr`` to ``lr_min`` (default 0) over the
+  epochs, **per epoch** like the reference (``CosineAnnealingLR`` stepped
+  once per epoch; epoch ``e`` of ``E`` uses
+  ``lr_min + (lr-lr_min)(1+cos(πe/E))/2``).
+* **Loss**: cross-entropy, plus ``auxiliary_weight`` (0.4) times the
+  auxiliary head's cross-entropy when the model has one.  The logged train
+  loss is this objective; train accuracy uses the main logits.
+* **Drop path**: ``drop_path_prob·e/E`` in epoch ``e`` (0-based), assigned to
+  ``model.drop_path_prob`` before the epoch (no retracing).
+* **Batches**: the last partial batch of an epoch is kept (as the reference);
+  the step functions have a batch-size-agnostic input signature, so each is
+  traced exactly once per run (see :attr:`Trainer.trace_counts`).
+
+Entry points: :data:`PRESETS`, :class:`TrainConfig` (``from_preset``),
+:func:`train` (the whole run: data, model, run directory, resume, export),
+:class:`Trainer` (the compiled steps, reusable on any model with the
+NetworkCIFAR calling convention), :class:`ReferenceSGD`,
+:func:`cosine_learning_rate`, :func:`make_strategy`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Callable
+
+__all__ = [
+    "PRESETS", "TrainConfig", "TrainingDivergedError", "TrainingConfigError", "ReferenceSGD", "Trainer",
+    "cosine_learning_rate", "clip_by_global_norm_like_torch", "make_strategy", "train",
+]
+
+
+class TrainingDivergedError(RuntimeError):
+    """The loss became NaN/inf; the last good checkpoint is kept."""
+
+
+class TrainingConfigError(ValueError):
+    """A training configuration that cannot run (bad values, occupied run directory)."""
+
+
+# -- configuration ----------------------------------------------------------------
+
+# The reference evaluation settings, then what each preset changes.
+_REFERENCE = dict(lr=0.025, lr_min=0.0, momentum=0.9, weight_decay=3e-4, grad_clip=5.0,
+                  auxiliary_weight=0.4)
+PRESETS = {
+    # The paper's final-model training (DARTS train.py with --auxiliary --cutout).
+    "paper": dict(_REFERENCE, init_channels=36, layers=20, epochs=600, batch_size=96,
+                  auxiliary=True, cutout=16, drop_path_prob=0.2),
+    # The variant studies: same network, no cutout / aux / drop path.
+    "study": dict(_REFERENCE, init_channels=36, layers=20, epochs=600, batch_size=96,
+                  auxiliary=False, cutout=0, drop_path_prob=0.0),
+    # A 2-core CPU in under 30 minutes on cifar10-mini (10k images): DARTS
+    # train.py's defaults (no aux, no cutout, drop path 0.2) on a C=16,
+    # 8-layer network, batch 64.
+    "small": dict(_REFERENCE, init_channels=16, layers=8, epochs=25, batch_size=64,
+                  auxiliary=False, cutout=0, drop_path_prob=0.2),
+}
+STRATEGIES = ("default", "mirrored", "multiworker")
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a training run (saved as ``config.json``)."""
+
+    genotype: str = "DARTS_V2"
+    dataset: str = "cifar10"
+    data_dir: str | None = None
+    preset: str = "small"
+    init_channels: int = 16
+    layers: int = 8
+    epochs: int = 25
+    batch_size: int = 64
+    eval_batch_size: int = 256
+    lr: float = 0.025
+    lr_min: float = 0.0
+    momentum: float = 0.9
+    weight_decay: float = 3e-4
+    grad_clip: float = 5.0
+    auxiliary: bool = False
+    auxiliary_weight: float = 0.4
+    cutout: int = 0
+    drop_path_prob: float = 0.2
+    validation: float = 0           # examples (or fraction) carved from train, also evaluated
+    seed: int = 0
+    deterministic: bool = False
+    strategy: str = "default"
+    intra_op_threads: int | None = None
+    inter_op_threads: int | None = None
+    histogram_every: int = 10       # weight histograms every N epochs (and the last)
+    stem: str = "cifar"
+    # Filled in by train(): the resolved genotype and the dataset's description.
+    genotype_resolved: dict = field(default_factory=dict)
+
+    @classmethod
+    def from_preset(cls, preset: str = "small", **overrides) -> "TrainConfig":
+        if preset not in PRESETS:
+            raise TrainingConfigError(f"unknown preset {preset!r}; choose from {', '.join(PRESETS)}")
+        values = dict(PRESETS[preset], preset=preset)
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)
+
+    def validate(self) -> None:
+        problems = []
+        for name in ("init_channels", "layers", "epochs", "batch_size", "eval_batch_size"):
+            if int(getattr(self, name)) < 1:
+                problems.append(f"{name} must be >= 1 (got {getattr(self, name)})")
+        if self.layers < 3:
+            problems.append(f"layers must be >= 3 (got {self.layers})")
+        if not self.lr > 0 or not math.isfinite(self.lr):
+            problems.append(f"lr must be positive (got {self.lr})")
+        if not 0 <= self.drop_path_prob < 1:
+            problems.append(f"drop_path_prob must be in [0, 1) (got {self.drop_path_prob})")
+        if not 0 <= self.momentum < 1:
+            problems.append(f"momentum must be in [0, 1) (got {self.momentum})")
+        if self.weight_decay < 0 or self.grad_clip <= 0 or self.cutout < 0:
+            problems.append("weight_decay and cutout must be >= 0 and grad_clip > 0")
+        if self.strategy not in STRATEGIES:
+            problems.append(f"strategy must be one of {', '.join(STRATEGIES)} (got {self.strategy!r})")
+        if problems:
+            raise TrainingConfigError("; ".join(problems))
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "TrainConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+
+# Fields whose change makes a checkpoint unusable (checked on --resume).
+_MODEL_FIELDS = ("init_channels", "layers", "auxiliary", "stem")
+
+
+def cosine_learning_rate(epoch: int, epochs: int, lr: float, lr_min: float = 0.0) -> float:
+    """``CosineAnnealingLR(T_max=epochs)`` stepped once per epoch: epoch 0 -> lr."""
+    if epochs <= 0:
+        return lr
+    return lr_min + (lr - lr_min) * (1 + math.cos(math.pi * epoch / epochs)) / 2
+
+
+def clip_by_global_norm_like_torch(grads, max_norm):
+    """``torch.nn.utils.clip_grad_norm_``: scale by ``max_norm/(norm+1e-6)`` when < 1."""
+    import tensorflow as tf
+    norm = tf.linalg.global_norm(grads)
+    coef = tf.minimum(tf.cast(max_norm, norm.dtype) / (norm + 1e-6), 1.0)
+    return [g * tf.cast(coef, g.dtype) for g in grads], norm
+
+
+def make_strategy(name: str = "default"):
+    """``default`` (one device), ``mirrored`` (all local devices) or
+    ``multiworker`` (``TF_CONFIG`` cluster, collective all-reduce).  Create it
+    before any other TensorFlow op."""
+    import tensorflow as tf
+    if name == "default":
+        return tf.distribute.get_strategy()
+    if name == "mirrored":
+        return tf.distribute.MirroredStrategy()
+    if name == "multiworker":
+        if not os.environ.get("TF_CONFIG"):
+            raise TrainingConfigError("--strategy multiworker needs the TF_CONFIG environment variable "
+                             "(cluster and task of this worker)")
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    raise TrainingConfigError(f"unknown strategy {name!r}; choose from {', '.join(STRATEGIES)}")
+
+
+# -- optimizer ----------------------------------------------------------------------
+
+class ReferenceSGD:
+    """PyTorch SGD with momentum and L2 weight decay in the gradient.
+
+    ``buf = μ·buf + (g + λ·w); w -= lr·buf``.  Create it (``build``) inside
+    the strategy scope before the first step: the momentum buffers are then
+    mirrored like the weights.  :meth:`apply` is called in replica context
+    with gradients already summed over replicas; the update is applied once
+    per variable through ``strategy.extended.update``.
+    """
+
+    def __init__(self, learning_rate: float, momentum: float = 0.9, weight_decay: float = 3e-4):
+        import tensorflow as tf
+        self.momentum = float(momentum)
+        self.weight_decay = float(weight_decay)
+        self.learning_rate = tf.Variable(float(learning_rate), trainable=False, dtype=tf.float32,
+                                         name="learning_rate")
+        self.iterations = tf.Variable(0, trainable=False, dtype=tf.int64, name="iterations")
+        self.buffers = None
+        self._module = None
+
+    def build(self, variables) -> None:
+        import tensorflow as tf
+        buffers = []
+        for i, var in enumerate(variables):
+            v = _tf_variable(var)
+            buffers.append(tf.Variable(tf.zeros(v.shape, v.dtype), trainable=False,
+                                       name=f"momentum_{i}"))
+        self.buffers = buffers
+        module = tf.Module(name="reference_sgd")
+        module.learning_rate, module.iterations = self.learning_rate, self.iterations
+        module.momentum_buffers = buffers
+        self._module = module
+
+    @property
+    def trackable(self):
+        """A ``tf.Module`` holding every optimizer variable (for checkpoints)."""
+        return self._module
+
+    def apply(self, grads, variables) -> None:
+        import tensorflow as tf
+        if self.buffers is None:
+            raise RuntimeError("ReferenceSGD.build(variables) must run in the strategy scope first")
+        variables = [_tf_variable(v) for v in variables]
+        momentum, decay = self.momentum, self.weight_decay
+
+        def update(var, grad, buf, lr):
+            new_buf = momentum * buf + (grad + decay * var)
+            buf.assign(new_buf)
+            return var.assign_sub(tf.cast(lr, var.dtype) * new_buf)
+
+        def merge(strategy, grads, lr):
+            for var, grad, buf in zip(variables, grads, self.buffers):
+                strategy.extended.update(var, update, args=(grad, buf, lr), group=False)
+            strategy.extended.update(self.iterations, lambda it: it.assign_add(1), group=False)
+
+        ctx = tf.distribute.get_replica_context()
+        if ctx is None:   # already in cross-replica context
+            merge(tf.distribute.get_strategy(), grads, self.learning_rate)
+        else:
+            ctx.merge_call(merge, args=(grads, self.learning_rate))
+
+
+# -- the compiled steps -----------------------------------------------------------------
+
+class Trainer:
+    """Compiled train/eval steps for a model with the NetworkCIFAR calling
+    convention (``call_with_aux``, ``drop_path_prob``), under a strategy.
+
+    Build it inside ``strategy.scope()`` *after* the model is built; it
+    creates the optimizer buffers at once.  ``train_epoch``/``evaluate``
+    take (undistributed) datasets of ``(images, labels)``.
+    """
+
+    def __init__(self, model, strategy, *, lr=0.025, momentum=0.9, weight_decay=3e-4,
+                 grad_clip=5.0, auxiliary_weight=0.4):
+        import tensorflow as tf
+        self.model, self.strategy = model, strategy
+        self.grad_clip, self.auxiliary_weight = float(grad_clip), float(auxiliary_weight)
+        self.optimizer = ReferenceSGD(lr, momentum, weight_decay)
+        self.optimizer.build(model.trainable_variables)
+        self.trace_counts = {"train": 0, "eval": 0}
+        self._train_fn = self._eval_fn = None
+        self._spec = None
+        self._tf = tf
+
+    def trackables(self) -> dict:
+        """Everything a checkpoint must hold to resume exactly: the model, the
+        optimizer, and the drop-path random streams (Keras SeedGenerator
+        states are model variables that ``tf.train.Checkpoint`` does not
+        reach through the model)."""
+        tf = self._tf
+        rng = tf.Module(name="model_rng")
+        rng.seed_states = [_tf_variable(v) for v in self.model.variables
+                           if "seed_generator_state" in getattr(v, "path", v.name)]
+        return {"model": self.model, "optimizer": self.optimizer.trackable, "model_rng": rng}
+
+    # replica functions
+    def _replica_train(self, x, y):
+        tf = self._tf
+        model = self.model
+        variables = model.trainable_variables
+        with tf.GradientTape() as tape:
+            logits, aux = model.call_with_aux(x, training=True)
+            per_example = _cross_entropy(y, logits)
+            if aux is not None:
+                per_example = per_example + self.auxiliary_weight * _cross_entropy(y, aux)
+            loss = tf.nn.compute_average_loss(per_example)
+        grads = tape.gradient(loss, variables)
+        grads = [tf.zeros_like(v) if g is None else g for g, v in zip(grads, variables)]
+        ctx = tf.distribute.get_replica_context()
+        if ctx is not None and ctx.num_replicas_in_sync > 1:
+            grads = ctx.all_reduce(tf.distribute.ReduceOp.SUM, grads)
+        grads, _ = clip_by_global_norm_like_torch(grads, self.grad_clip)
+        self.optimizer.apply(grads, variables)
+        correct = tf.reduce_sum(tf.cast(tf.equal(tf.argmax(logits, -1, output_type=y.dtype), y), tf.float32))
+        count = tf.cast(tf.shape(y)[0], tf.float32)
+        return tf.stack([tf.reduce_sum(per_example), correct, count])
+
+    def _replica_eval(self, x, y):
+        tf = self._tf
+        logits = self.model(x, training=False)
+        per_example = _cross_entropy(y, logits)
+        correct = tf.reduce_sum(tf.cast(tf.equal(tf.argmax(logits, -1, output_type=y.dtype), y), tf.float32))
+        return tf.stack([tf.reduce_sum(per_example), correct, tf.cast(tf.shape(y)[0], tf.float32)])
+
+    def _distribute(self, dataset):
+        if self.strategy.num_replicas_in_sync == 1 and not _is_multiworker(self.strategy):
+            return dataset
+        return self.strategy.experimental_distribute_dataset(dataset)
+
+    def _compile(self, dist_dataset):
+        tf = self._tf
+        spec = dist_dataset.element_spec
+        if self._train_fn is not None:
+            return
+        strategy = self.strategy
+
+        def train_fn(batch):
+            self.trace_counts["train"] += 1   # Python side effect: runs at trace time only
+            x, y = batch
+            sums = strategy.run(self._replica_train, args=(x, y))
+            return strategy.reduce(tf.distribute.ReduceOp.SUM, sums, axis=None)
+
+        def eval_fn(batch):
+            self.trace_counts["eval"] += 1
+            x, y = batch
+            sums = strategy.run(self._replica_eval, args=(x, y))
+            return strategy.reduce(tf.distribute.ReduceOp.SUM, sums, axis=None)
+
+        self._spec = spec
+        self._train_fn = tf.function(train_fn, input_signature=[spec])
+        self._eval_fn = tf.function(eval_fn, input_signature=[spec])
+
+    def set_epoch(self, epoch: int, epochs: int, lr: float, lr_min: float, drop_path_prob: float) -> tuple:
+        """Assign the epoch's learning rate and drop-path probability (variables)."""
+        rate = cosine_learning_rate(epoch, epochs, lr, lr_min)
+        p = float(drop_path_prob) * epoch / max(epochs, 1)
+        self.optimizer.learning_rate.assign(rate)
+        if hasattr(self.model, "drop_path_prob"):
+            self.model.drop_path_prob.assign(p)
+        return rate, p
+
+    def train_epoch(self, dataset, progress: Callable | None = None, steps_hint: int | None = None,
+                    check_every: int = 20) -> dict:
+        """One pass over ``dataset``; returns ``{"loss", "acc", "examples", "steps"}``.
+        Raises :class:`TrainingDivergedError` as soon as the loss is not finite."""
+        dist = self._distribute(dataset)
+        self._compile(dist)
+        total = None
+        steps = 0
+        for batch in dist:
+            sums = self._train_fn(batch)
+            total = sums if total is None else total + sums
+            steps += 1
+            if steps % check_every == 0 or progress is not None:
+                if progress is not None and not progress.wants_update():
+                    continue
+                values = total.numpy()
+                if not math.isfinite(float(values[0])):
+                    raise TrainingDivergedError(f"loss is {values[0]} after {steps} steps")
+                if progress is not None:
+                    progress.update(steps, steps_hint, values[0] / values[2], values[1] / values[2])
+        if total is None:
+            raise ValueError("the training split produced no batches")
+        loss_sum, correct, count = (float(v) for v in total.numpy())
+        if not math.isfinite(loss_sum):
+            raise TrainingDivergedError(f"loss is {loss_sum / count} after {steps} steps")
+        return {"loss": loss_sum / count, "acc": correct / count, "examples": int(count), "steps": steps}
+
+    def evaluate(self, dataset) -> dict:
+        dist = self._distribute(dataset)
+        self._compile(dist)
+        total = None
+        for batch in dist:
+            sums = self._eval_fn(batch)
+            total = sums if total is None else total + sums
+        loss_sum, correct, count = (float(v) for v in total.numpy())
+        return {"loss": loss_sum / count, "acc": correct / count, "examples": int(count)}
+
+
+def _tf_variable(variable):
+    """The ``tf.Variable`` behind a Keras variable (or the variable itself)."""
+    import keras
+    return variable.value if isinstance(variable, keras.Variable) else variable
+
+
+def _cross_entropy(labels, logits):
+    import tensorflow as tf
+    return tf.nn.sparse_softmax_cross_entropy_with_logits(
+        labels=tf.cast(labels, tf.int32), logits=tf.cast(logits, tf.float32))
+
+
+def _is_multiworker(strategy) -> bool:
+    import tensorflow as tf
+    return isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
+
+
+# -- progress display ---------------------------------------------------------------
+
+class EpochProgress:
+    """A live bar within an epoch on a terminal (throttled); silent otherwise."""
+
+    def __init__(self, stream, label: str, interval: float = 0.5):
+        self.stream, self.label, self.interval = stream, label, interval
+        self.start = self._last = time.time()
+        self.batch_size = None
+
+    def wants_update(self) -> bool:
+        return time.time() - self._last >= self.interval
+
+    def update(self, step, total, loss, acc):
+        self._last = time.time()
+        width = 24
+        frac = min(step / total, 1.0) if total else 0.0
+        bar = "=" * int(frac * width) + ">" + " " * (width - int(frac * width))
+        rate = step / max(self._last - self.start, 1e-9)
+        of = f"/{total}" if total else ""
+        self.stream.write(f"\r{self.label} [{bar[:width + 1]}] {step}{of} loss {loss:.3f} "
+                          f"acc {100 * acc:5.1f}% {rate:.1f} it/s ")
+        self.stream.flush()
+
+    def clear(self):
+        self.stream.write("\r" + " " * 100 + "\r")
+        self.stream.flush()
+
+
+# -- the whole run ---------------------------------------------------------------------
+
+def _task_info(strategy):
+    """(is_chief, task id) of this worker (single process: chief)."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if not _is_multiworker(strategy) or resolver is None or resolver.task_type is None:
+        return True, 0
+    task_type, task_id = resolver.task_type, int(resolver.task_id or 0)
+    return task_type == "chief" or (task_type == "worker" and task_id == 0), task_id
+
+
+def _log(stream, text):
+    if stream is not None:
+        print(text, file=stream, flush=True)
+
+
+def train(config: TrainConfig, out_dir: str, *, resume: bool = False, export_dir: str | None = None,
+          log=sys.stdout, stop_after_epochs: int | None = None, strategy=None) -> dict:
+    """Train ``config`` into run directory ``out_dir`` and export the model.
+
+    ``resume=True`` continues from the directory's latest checkpoint (the
+    stored config is used, except ``epochs`` and ``strategy`` which may be
+    changed).  ``stop_after_epochs`` ends the process-level loop early (for
+    tests).  Returns a summary dict (final metrics, paths, parameter
+    counts).  Library errors: ``GenotypeError``, ``DatasetError``,
+    ``CheckpointError``, ``ValueError``, :class:`TrainingDivergedError`.
+    """
+    from tfnas import runtime
+    from tfnas.genotypes import resolve_genotype
+    from tfnas.rundir import RunDir, capture_python_rng, restore_python_rng
+
+    run = RunDir(out_dir)
+    if resume:
+        if not os.path.isfile(run.config_path):
+            raise FileNotFoundError(f"cannot resume: {run.config_path} not found")
+        stored = TrainConfig.from_dict(run.read_config())
+        if config.epochs:
+            stored.epochs = config.epochs
+        stored.strategy = config.strategy
+        config = stored
+    config.validate()
+    genotype = resolve_genotype(config.genotype_resolved or config.genotype) \
+        if not config.genotype_resolved else _genotype_from_dict(config.genotype_resolved)
+    config.genotype_resolved = {**genotype.to_dict(), "name": genotype.name}
+
+    # Process-level TF settings come before any op.
+    runtime.configure_threads(config.intra_op_threads, config.inter_op_threads)
+    import keras
+    import numpy as np
+    import tensorflow as tf
+    if config.deterministic:
+        tf.config.experimental.enable_op_determinism()
+    if strategy is None:
+        strategy = make_strategy(config.strategy)
+    keras.utils.set_random_seed(config.seed)
+    is_chief, task_id = _task_info(strategy)
+    if not is_chief:   # other workers keep private checkpoints (collectives need them all)
+        run = RunDir(os.path.join(out_dir, "workers", str(task_id)))
+        log = None
+
+    from tfnas import data as data_lib
+    from tfnas.networks import NetworkCIFAR, count_parameters, parameter_counts
+    data = data_lib.open_dataset(config.dataset, config.data_dir, validation=config.validation)
+    info = data.info
+    h, w, c = info.image_shape
+    stem = config.stem
+    _log(log, data_lib.describe(info))
+
+    with strategy.scope():
+        model = NetworkCIFAR(genotype, init_channels=config.init_channels, layers=config.layers,
+                             num_classes=info.num_classes, auxiliary=config.auxiliary, stem=stem)
+        model.build((None, h, w, c))
+        trainer = Trainer(model, strategy, lr=config.lr, momentum=config.momentum,
+                          weight_decay=config.weight_decay, grad_clip=config.grad_clip,
+                          auxiliary_weight=config.auxiliary_weight)
+    counts = parameter_counts(genotype, config.init_channels, config.layers, info.num_classes) \
+        if stem == "cifar" else {"params": count_parameters(model), "params_auxiliary": None}
+    counts["params"] = count_parameters(model, auxiliary=False)
+    _log(log, f"genotype {genotype.name or '(unnamed)'}: C={config.init_channels}, {config.layers} layers; "
+              f"parameters without the auxiliary head: {counts['params']:,} (the reference's 'param size'); "
+              f"auxiliary head: {counts['params_auxiliary']:,}"
+              f"{' (trained)' if config.auxiliary else ' (not used in this run)'}")
+
+    trackables = dict(trainer.trackables())
+    meta = {"genotype": config.genotype_resolved, "dataset": info.name,
+            "num_classes": info.num_classes, "image_shape": list(info.image_shape),
+            **{k: getattr(config, k) for k in _MODEL_FIELDS}}
+    start_epoch, history = 0, []
+    if resume and run.has_checkpoint():
+        state = run.restore_checkpoint(trackables, expect=meta)
+        start_epoch = int(state["epoch"])
+        restore_python_rng(state.get("python_rng"))
+        run.rewind_metrics("epoch", start_epoch)
+        history = [r for r in run.read_metrics() if "epoch" in r]
+        _log(log, f"resumed from {run.latest_checkpoint()} (epoch {start_epoch} of {config.epochs})")
+    elif resume:   # stopped before its first checkpoint: start again, same config
+        run.rewind_metrics("epoch", 0)
+        _log(log, f"no checkpoint in {run.checkpoint_dir} yet; starting from epoch 1")
+    else:
+        if os.path.exists(run.metrics_path) and run.read_metrics():
+            raise TrainingConfigError(f"{run.path} already holds a run; pass --resume to continue it "
+                                      f"or choose another --out")
+        run.write_config(config.to_dict())
+        if is_chief:
+            _write_static_summaries(run, genotype, config, counts, info)
+
+    steps_per_epoch = math.ceil(info.num_examples["train"] / config.batch_size)
+    eval_splits = ["test"] + (["validation"] if config.validation else [])
+    eval_data = {s: data.dataset(s, config.eval_batch_size) for s in eval_splits}
+    stream_is_tty = log is not None and hasattr(log, "isatty") and log.isatty()
+    end_epoch = config.epochs if stop_after_epochs is None else min(config.epochs, start_epoch + stop_after_epochs)
+    for epoch in range(start_epoch, end_epoch):
+        t0 = time.time()
+        lr, p = trainer.set_epoch(epoch, config.epochs, config.lr, config.lr_min, config.drop_path_prob)
+        train_ds = data.dataset("train", config.batch_size, augment=True, cutout=config.cutout,
+                                seed=config.seed, epoch=epoch)
+        progress = EpochProgress(log, f"epoch {epoch + 1}/{config.epochs}") if stream_is_tty else None
+        try:
+            tr = trainer.train_epoch(train_ds, progress=progress, steps_hint=steps_per_epoch)
+        except TrainingDivergedError as err:
+            if progress:
+                progress.clear()
+            good = run.latest_checkpoint()
+            where = f"the last good checkpoint is {good}" if good else "no checkpoint was written yet"
+            raise TrainingDivergedError(
+                f"training diverged in epoch {epoch + 1} ({err}); stopped; {where} "
+                f"(try a lower --lr or --grad-clip)") from None
+        if progress:
+            progress.clear()
+        record = {"epoch": epoch + 1, "lr": lr, "drop_path_prob": p,
+                  "train_loss": tr["loss"], "train_acc": tr["acc"]}
+        for split, ds in eval_data.items():
+            ev = trainer.evaluate(ds)
+            record[f"{split}_loss"], record[f"{split}_acc"] = ev["loss"], ev["acc"]
+        record["seconds"] = time.time() - t0
+        record["steps"] = int(trainer.optimizer.iterations.numpy())
+        if is_chief:
+            _write_epoch_summaries(run, record, model, config, epoch + 1)
+        run.append_metrics(record)
+        run.save_checkpoint(trackables, {"epoch": epoch + 1, "step": record["steps"], "meta": meta,
+                                         "python_rng": capture_python_rng(),
+                                         "config": config.to_dict()}, step=epoch + 1)
+        history.append(record)
+        _log(log, _epoch_line(record, config.epochs, eval_splits))
+
+    run.close()
+    final = history[-1] if history else None
+    summary = {"run_dir": run.path, "genotype": genotype.name, "epochs_done": final["epoch"] if final else 0,
+               "epochs": config.epochs, "final": final, **counts,
+               "trace_counts": dict(trainer.trace_counts)}
+    if final is not None and final["epoch"] >= config.epochs and is_chief and export_dir:
+        paths = export_model(model, genotype, config, info, export_dir)
+        summary.update(paths)
+        _log(log, f"exported SavedModel to {paths['saved_model']} and {paths['keras_file']}")
+    return summary
+
+
+def _genotype_from_dict(d):
+    from tfnas.genotypes import Genotype
+    return Genotype.from_dict(d, name=d.get("name"))
+
+
+def _epoch_line(r, epochs, splits) -> str:
+    parts = [f"epoch {r['epoch']:>3}/{epochs}", f"lr {r['lr']:.5f}",
+             f"train loss {r['train_loss']:.4f} acc {100 * r['train_acc']:.2f}%"]
+    for s in splits:
+        parts.append(f"{s} loss {r[f'{s}_loss']:.4f} acc {100 * r[f'{s}_acc']:.2f}%")
+    parts.append(f"{r['seconds']:.1f}s")
+    return " | ".join(parts)
+
+
+def _write_static_summaries(run, genotype, config, counts, info) -> None:
+    import tensorflow as tf
+    writer = run.tensorboard_writer()
+    with writer.as_default():
+        tf.summary.text("genotype", tf.constant(f"`{genotype.to_repr()}`"), step=0)
+        tf.summary.text("config", tf.constant("```\n" + json.dumps(config.to_dict(), indent=2) + "\n```"), step=0)
+        tf.summary.text("parameters", tf.constant(
+            f"{counts['params']:,} without the auxiliary head; auxiliary head {counts['params_auxiliary']:,}"),
+            step=0)
+        try:
+            from tfnas import diagrams
+            for kind in ("normal", "reduce"):
+                png = diagrams.cell_figure_png_bytes(genotype.cell(kind))
+                image = tf.image.decode_png(png, channels=4)[None]
+                tf.summary.image(f"cells/{kind}", image, step=0)
+        except Exception:  # diagrams are a nicety; never fail a run for them
+            pass
+    writer.flush()
+
+
+def _write_epoch_summaries(run, record, model, config, epoch) -> None:
+    import tensorflow as tf
+    writer = run.tensorboard_writer()
+    with writer.as_default():
+        for key, value in record.items():
+            if key != "epoch" and isinstance(value, (int, float)):
+                group = "train" if key.startswith("train") else key.split("_")[0] if "_" in key else "run"
+                tf.summary.scalar(f"{group}/{key}", value, step=epoch)
+        if config.histogram_every and (epoch % config.histogram_every == 0 or epoch == config.epochs
+                                       or epoch == 1):
+            for var in model.trainable_variables:
+                tf.summary.histogram(f"weights/{var.path}", _tf_variable(var), step=epoch)
+    writer.flush()
+
+
+def export_model(model, genotype, config, info, export_dir: str) -> dict:
+    """Export a SavedModel (``serve`` and ``serving_default`` signatures,
+    input float32 NHWC normalised images, output logits) and a ``.keras`` file.
+
+    The model is rebuilt outside any distribution strategy and given the
+    trained weights, so the export never contains distributed variables."""
+    import keras
+    import tensorflow as tf
+    from tfnas.networks import NetworkCIFAR
+
+    h, w, c = info.image_shape
+    clone = NetworkCIFAR(genotype, init_channels=config.init_channels, layers=config.layers,
+                         num_classes=info.num_classes, auxiliary=config.auxiliary, stem=config.stem)
+    clone.build((None, h, w, c))
+    for dst, src in zip(clone.weights, model.weights):
+        dst.assign(_read(src))
+    os.makedirs(export_dir, exist_ok=True)
+    saved = os.path.join(export_dir, "saved_model")
+    clone.export(saved, format="tf_saved_model",
+                 input_signature=[tf.TensorSpec((None, h, w, c), tf.float32, name="images")],
+                 verbose=False)
+    keras_file = os.path.join(export_dir, "model.keras")
+    clone.save(keras_file)
+    with open(os.path.join(export_dir, "preprocessing.json"), "w", encoding="utf-8") as fh:
+        json.dump({"mean": list(info.mean), "std": list(info.std), "image_shape": list(info.image_shape),
+                   "class_names": info.class_names, "input": "float32 NHWC, (pixel/255 - mean)/std",
+                   "output": "logits"}, fh, indent=2)
+    return {"saved_model": saved, "keras_file": keras_file}
+
+
+def _read(variable):
+    import numpy as np
+    return np.asarray(variable.numpy() if hasattr(variable, "numpy") else variable)
