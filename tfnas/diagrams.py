@@ -191,8 +191,8 @@ def _new_figure(width: float, height: float) -> Figure:
 def draw_cell(cell: Cell, path=None, ax=None, title: str | None = None):
     """Draw ``cell``; save to ``path`` (suffix picks PNG/SVG/PDF) if given.
 
-    With ``ax`` the cell is drawn into that axes (e.g. a grid panel);
-    otherwise a new figure is made, one data unit per inch so labels keep
+    With ``ax`` the cell is drawn into that axes (e.g. a grid panel; ``path``
+    then saves the axes' whole figure); otherwise a new figure is made, one data unit per inch so labels keep
     their size.  A Genotype draws its normal cell.  Returns the figure."""
     if isinstance(cell, Genotype):
         cell = cell.cell("normal")
@@ -229,7 +229,7 @@ def draw_cell(cell: Cell, path=None, ax=None, title: str | None = None):
             shrinkA=_shrink(src), shrinkB=_shrink(dst), zorder=2))
     _place_labels(ax, cell, pos, rads)
 
-    if own_figure and path is not None:
+    if path is not None:
         save_figure(fig, path)
     return fig
 
