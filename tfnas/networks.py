@@ -108,11 +108,14 @@ class NetworkCIFAR(keras.Model):
     ``model(x, training=...)`` returns logits; ``call_with_aux`` returns
     ``(logits, aux_logits)`` where ``aux_logits`` is None unless
     ``auxiliary=True`` and ``training`` (as the reference).  Drop path uses
-    the non-trainable variable ``drop_path_prob``; assign it per epoch.
+    the non-trainable variable ``drop_path_prob``; assign it per epoch (no
+    retracing).  ``drop_path=False`` leaves the drop-path ops out of the
+    graph altogether (faster; for runs whose drop-path probability stays 0,
+    assigning the variable then has no effect).
     """
 
     def __init__(self, genotype, init_channels=36, layers=20, num_classes=10, auxiliary=False,
-                 stem="cifar", drop_path_prob=0.0, **kwargs):
+                 stem="cifar", drop_path_prob=0.0, drop_path=True, **kwargs):
         super().__init__(**kwargs)
         self.genotype = _as_genotype(genotype)
         self.init_channels, self.num_layers = int(init_channels), int(layers)
@@ -123,6 +126,7 @@ class NetworkCIFAR(keras.Model):
             raise ValueError(f"need layers >= 3, init_channels >= 1, num_classes >= 1 "
                              f"(got {layers}, {init_channels}, {num_classes})")
         self.stem_kind = stem
+        self.drop_path = bool(drop_path)
         dt = self.dtype_policy
         c_stem = STEM_MULTIPLIER * self.init_channels
         stride = STEMS[stem]
@@ -173,7 +177,7 @@ class NetworkCIFAR(keras.Model):
         if STEMS[self.stem_kind] != 1:
             x = _pad(x, 1)
         s0 = s1 = self.stem_bn(self.stem_conv(x), training=training)
-        drop_prob = self.drop_path_prob.value if training else None
+        drop_prob = self.drop_path_prob.value if training and self.drop_path else None
         aux = None
         for i, cell in enumerate(self.cells):
             s0, s1 = s1, cell([s0, s1], drop_prob=drop_prob, training=training)
@@ -198,7 +202,7 @@ class NetworkCIFAR(keras.Model):
     def get_config(self):
         return {**super().get_config(), "genotype": {**self.genotype.to_dict(), "name": self.genotype.name},
                 "init_channels": self.init_channels, "layers": self.num_layers,
-                "num_classes": self.num_classes, "auxiliary": self.auxiliary, "stem": self.stem_kind,
+                "num_classes": self.num_classes, "auxiliary": self.auxiliary, "stem": self.stem_kind, "drop_path": self.drop_path,
                 "drop_path_prob": float(self.drop_path_prob.numpy())}
 
     @classmethod

@@ -23,7 +23,7 @@ import tensorflow as tf
 from tfnas.genotypes import GenotypeError
 
 __all__ = [
-    "BatchNorm", "ReLUConvBN", "FactorizedReduce", "SepConv", "DilConv", "Pool",
+    "BatchNorm", "PointwiseConv2D", "ReLUConvBN", "FactorizedReduce", "SepConv", "DilConv", "Pool",
     "Zero", "Identity", "Conv7x1_1x7", "OPERATIONS", "make_operation",
     "set_batch_norm_fused", "batch_norm_layers", "operation_parameter_count",
 ]
@@ -225,6 +225,45 @@ def set_batch_norm_fused(model, fused):
 # Operations
 # --------------------------------------------------------------------------
 
+@_register
+class PointwiseConv2D(keras.layers.Conv2D):
+    """A 1x1, stride-1, bias-free Conv2D computed as one matrix product.
+
+    Same kernel shape (1, 1, C_in, C_out) and serialisation as Conv2D, but
+    ``matmul`` on the (N·H·W, C_in) view: on this CPU its forward and filter
+    gradient are several times faster than oneDNN's 1x1 convolution."""
+
+    def __init__(self, filters, **kwargs):
+        kwargs.update(kernel_size=1, strides=1, padding="valid", use_bias=False)
+        kwargs.pop("dilation_rate", None)
+        super().__init__(filters, **kwargs)
+
+    def call(self, inputs):
+        shape = tf.shape(inputs)
+        kernel = tf.reshape(self.kernel, (self.kernel.shape[2], self.filters))
+        flat = tf.matmul(tf.reshape(inputs, (-1, inputs.shape[-1])), tf.cast(kernel, inputs.dtype))
+        return tf.reshape(flat, tf.concat([shape[:3], [self.filters]], axis=0))
+
+    def get_config(self):
+        config = super().get_config()
+        for key in ("kernel_size", "strides", "padding", "use_bias", "dilation_rate"):
+            config.pop(key, None)
+        return config
+
+
+def _subsample_2(x, offset=0):
+    """``x[:, offset::2, offset::2, :]`` for even H, W (offset 0 or 1).
+
+    Strided slicing is cheap forward, but its gradient (StridedSliceGrad) was
+    measured at ~40 ms per call on this CPU for a 32x32x16 batch of 32;
+    space_to_depth + split has cheap gradients (depth_to_space, concat)."""
+    h, w = x.shape[1], x.shape[2]
+    if h is None or w is None or h % 2 or w % 2:
+        return x[:, offset::2, offset::2, :]
+    blocks = tf.split(tf.nn.space_to_depth(x, 2), 4, axis=-1)  # (0,0), (0,1), (1,0), (1,1)
+    return blocks[3 * offset]
+
+
 class _Operation(keras.layers.Layer):
     """Base: sub-layers inherit this layer's dtype policy."""
 
@@ -233,6 +272,8 @@ class _Operation(keras.layers.Layer):
         return cls(*args, **kwargs)
 
     def _conv(self, filters, kernel, stride=1, padding="valid", name=None):
+        if kernel == 1 and stride == 1:
+            return self._sub(PointwiseConv2D, filters, kernel_initializer=_conv_init(), name=name)
         return self._sub(keras.layers.Conv2D, filters, kernel, strides=stride, padding=padding,
                          use_bias=False, kernel_initializer=_conv_init(), name=name)
 
@@ -329,8 +370,9 @@ class FactorizedReduce(_Operation):
         if self.channels % 2:
             raise ValueError(f"FactorizedReduce: channels must be even, got {self.channels}")
         half = self.channels // 2
-        self.conv_1 = self._conv(half, 1, 2, name="conv_1")
-        self.conv_2 = self._conv(half, 1, 2, name="conv_2")
+        # 1x1 stride-2 conv == subsample then 1x1 conv (see _subsample_2)
+        self.conv_1 = self._conv(half, 1, name="conv_1")
+        self.conv_2 = self._conv(half, 1, name="conv_2")
         self.bn = self._bn()
 
     def build(self, input_shape):
@@ -338,13 +380,14 @@ class FactorizedReduce(_Operation):
         for n in (h, w):
             if n is not None and n % 2:
                 raise ValueError(f"FactorizedReduce: spatial size must be even, got {h}x{w}")
-        self.conv_1.build(input_shape)
-        self.conv_2.build(input_shape)
+        half = (b, None if h is None else h // 2, None if w is None else w // 2, c)
+        self.conv_1.build(half)
+        self.conv_2.build(half)
         self.bn.build(self.compute_output_shape(input_shape))
 
     def call(self, inputs, training=False):
         x = tf.nn.relu(inputs)
-        y = tf.concat([self.conv_1(x), self.conv_2(x[:, 1:, 1:, :])], axis=-1)
+        y = tf.concat([self.conv_1(_subsample_2(x, 0)), self.conv_2(_subsample_2(x, 1))], axis=-1)
         return self.bn(y, training=training)
 
     def compute_output_shape(self, input_shape):
@@ -405,7 +448,7 @@ class DilConv(_Operation):
         if self._mode != "same":
             x = _pad(x, self.padding)
         if self._mode == "subsample":
-            x = x[:, ::self.stride, ::self.stride, :]
+            x = _subsample_2(x) if self.stride == 2 else x[:, ::self.stride, ::self.stride, :]
         x = self.pointwise(self.depthwise(x))
         return self.bn(x, training=training)
 
