@@ -146,7 +146,7 @@ class ModelLoss:
     """
 
     def __init__(self, model, loss_fn, variables=None, training: bool = False,
-                 hvp_mode: str = "forward_over_back"):
+                 hvp_mode: str = "forward_over_back", accuracy="auto"):
         if hvp_mode not in HVP_MODES:
             raise ProbeError(f"hvp_mode must be one of {HVP_MODES}, not {hvp_mode!r}")
         if not callable(loss_fn):
@@ -154,6 +154,7 @@ class ModelLoss:
         self.model = model
         self.training = bool(training)
         self.hvp_mode = hvp_mode
+        self.accuracy = accuracy       # "auto", True (also one-hot float labels) or False
         self.variables = resolve_variables(model, variables)
         self.dtype = tf.as_dtype(self.variables[0].dtype)
         self.loss_fn = loss_in_dtype(loss_fn, self.dtype)
@@ -216,11 +217,15 @@ class ModelLoss:
             y_pred = y_pred[0]
         y_loss = tf.cast(y, y_pred.dtype) if y.dtype.is_floating and y.dtype != y_pred.dtype else y
         loss = tf.cast(tf.reduce_mean(self.loss_fn(y_loss, y_pred)), self.dtype)
-        # Accuracy only for classifier outputs (batch, classes>1), decided at trace time.
-        if y_pred.shape.rank == 2 and (y_pred.shape[-1] or 0) > 1:
+        # Top-1 accuracy for classifier outputs (batch, classes > 1), decided at
+        # trace time: integer labels always; float labels of the output's shape
+        # (one-hot) only with accuracy=True (they may as well be regression targets).
+        classifier = y_pred.shape.rank == 2 and (y_pred.shape[-1] or 0) > 1 and self.accuracy is not False
+        one_hot = y.shape.rank == 2 and y.shape[-1] == y_pred.shape[-1]
+        if classifier and (one_hot and self.accuracy is True or y.dtype.is_integer and not one_hot):
             predicted = tf.argmax(y_pred, axis=-1, output_type=tf.int64)
-            if y.shape.rank == 2 and y.shape[-1] == y_pred.shape[-1]:
-                labels = tf.argmax(y, axis=-1, output_type=tf.int64)       # one-hot
+            if one_hot:
+                labels = tf.argmax(y, axis=-1, output_type=tf.int64)
             else:
                 labels = tf.cast(tf.reshape(y, [-1]), tf.int64)
             correct = tf.reduce_sum(tf.cast(tf.equal(predicted, labels), tf.int64))
