@@ -7,11 +7,70 @@ before any op runs.
 
 from __future__ import annotations
 
+import contextlib
+import importlib.abc
+import importlib.util
 import os
+import sys
+import tempfile
+
+
+@contextlib.contextmanager
+def _stderr_silenced():
+    """Send file descriptor 2 to a temporary file; replay it if the body fails.
+
+    TensorFlow's C++ start-up messages (cudart stub, cuInit, "All log messages
+    before absl::InitializeLog()") are printed before TF_CPP_MIN_LOG_LEVEL is
+    read, so only a file-descriptor redirect hides them.
+    """
+    try:
+        fd = sys.stderr.fileno()
+    except (AttributeError, ValueError, OSError):  # e.g. pytest capture objects
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(fd)
+    with tempfile.TemporaryFile() as tmp:
+        os.dup2(tmp.fileno(), fd)
+        try:
+            yield
+        except BaseException:
+            os.dup2(saved, fd)
+            tmp.seek(0)
+            sys.stderr.write(tmp.read().decode(errors="replace"))
+            raise
+        finally:
+            os.dup2(saved, fd)
+            os.close(saved)
+
+
+class _QuietTensorFlowImport(importlib.abc.MetaPathFinder):
+    """Import hook: the first ``import tensorflow`` runs with stderr silenced
+    (and lists devices, which prints the CUDA probe messages), so commands
+    that never need TensorFlow never pay for importing it."""
+
+    def find_spec(self, name, path=None, target=None):
+        if name != "tensorflow":
+            return None
+        sys.meta_path.remove(self)
+        spec = importlib.util.find_spec(name)
+        if spec is None or spec.loader is None:
+            return spec
+        exec_module = spec.loader.exec_module
+
+        def quiet_exec_module(module):
+            with _stderr_silenced():
+                exec_module(module)
+                module.config.list_physical_devices()
+
+        spec.loader.exec_module = quiet_exec_module
+        return spec
 
 
 def quiet_tensorflow() -> None:
-    """Keep TensorFlow's start-up log noise off the user's screen."""
+    """Keep TensorFlow's start-up log noise off the user's screen.
+
+    Call before TensorFlow is imported; TensorFlow is not imported here."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
     # oneDNN's primitive cache thrashes on NAS networks (many shapes) at its
@@ -20,6 +79,9 @@ def quiet_tensorflow() -> None:
     os.environ.setdefault("KERAS_BACKEND", "tensorflow")
     import logging
     logging.getLogger("tensorflow").setLevel(logging.ERROR)
+    if "tensorflow" not in sys.modules and not any(
+            isinstance(f, _QuietTensorFlowImport) for f in sys.meta_path):
+        sys.meta_path.insert(0, _QuietTensorFlowImport())
     try:
         import absl.logging
         absl.logging.set_verbosity(absl.logging.ERROR)
