@@ -119,7 +119,7 @@ class Cell(keras.layers.Layer):
                 layer = self.edge_ops[j]
                 h = layer(states[index], training=training)
                 if training and drop_prob is not None and not isinstance(layer, Identity):
-                    h = self.drop_path(h, drop_prob, training=training)
+                    h = self.drop_path(h, drop_prob=drop_prob, training=training)
                 total = h if total is None else total + h
             states.append(total)
         return tf.concat([states[i] for i in self.cell.concat], axis=-1)
