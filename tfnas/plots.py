@@ -136,12 +136,12 @@ def _levels(z, levels, log):
 def plot_contour(x, y, z, path=None, title=None, zlabel="loss", levels=15, log=None,
                  xlabel="direction 1", ylabel="direction 2", ax=None) -> Figure:
     """Labelled contour lines of ``z[i, j]`` at ``(x[i], y[j])`` over a
-    filled map.  ``log`` (default: when the values span over a decade and are
-    positive) spaces the levels geometrically, which resolves the basin."""
+    filled map.  ``log`` (default: when the values are positive and span more
+    than a factor 2) spaces the levels geometrically, which resolves the basin."""
     xx, yy, z = _grid(x, y, z)
     finite = z[np.isfinite(z)]
     if log is None:
-        log = bool(finite.min() > 0 and finite.max() / finite.min() > 10)
+        log = bool(finite.min() > 0 and finite.max() / finite.min() > 2)
     fig = ax.figure if ax is not None else _figure(4.8, 4.0)
     ax = ax or fig.add_subplot()
     values = _levels(z, int(levels), log)

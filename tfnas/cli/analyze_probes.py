@@ -1,0 +1,484 @@
+"""``analyze.py hessian|gradvar|landscape``: probe a trained network.
+
+TARGET is a training run directory (``config.json`` + checkpoints, from
+``train.py``), a ``.keras`` file, or a SavedModel directory (inference only,
+no training-mode BN).  The data are a split of ``--dataset`` (default: the
+run's dataset), normalised as in training by :mod:`tfnas.data`, in the
+split's fixed order.  Results go to ``--out`` (default ``TARGET/probes`` for
+a run directory, else ``probes/`` next to the model file) as JSON and plots;
+for a run directory, also as TensorBoard summaries under ``tb/probes``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+
+from tfnas.cli.common import UsageError, print_json
+
+LOSS_NAME = "sparse categorical cross-entropy (from logits)"
+
+
+# ------------------------------------------------------------------ parser
+
+def register(subparsers) -> None:
+    hessian = subparsers.add_parser(
+        "hessian", help="top Hessian eigenvalues, trace and spectral density of the test loss",
+        description="Top Hessian eigenvalues (power iteration or Lanczos), Hutchinson trace "
+                    "and SLQ spectral density of the mean loss over a dataset split.")
+    _common(hessian)
+    hessian.add_argument("--top-n", type=int, default=1, help="eigenvalues of largest magnitude (default 1)")
+    hessian.add_argument("--method", choices=("lanczos", "power"), default="lanczos")
+    hessian.add_argument("--max-iter", type=int, default=100,
+                         help="Lanczos steps, power iterations per eigenvalue, or trace samples (default 100)")
+    hessian.add_argument("--tol", type=float, default=1e-3, help="relative tolerance (default 1e-3)")
+    hessian.add_argument("--trace", action="store_true", help="also estimate the trace (Hutchinson)")
+    hessian.add_argument("--density", action="store_true", help="also the spectral density (SLQ) and its plot")
+    hessian.add_argument("--density-steps", type=int, default=80, help="Lanczos steps per SLQ run (default 80)")
+    hessian.add_argument("--hvp-mode", choices=("forward_over_back", "back_over_back"),
+                         default="forward_over_back")
+    hessian.set_defaults(func=run_hessian)
+
+    gradvar = subparsers.add_parser(
+        "gradvar", help="gradient variance over the mini-batches of a split",
+        description="E||g_i - g_bar||, E||g_i - g_bar||^2 and ||g_bar|| over the mini-batch "
+                    "gradients of a split (all trainable parameters flattened; the batch size matters).")
+    _common(gradvar)
+    gradvar.add_argument("--per-layer", action="store_true", help="also per layer")
+    gradvar.set_defaults(func=run_gradvar)
+
+    landscape = subparsers.add_parser(
+        "landscape", help="filter-normalised loss landscape (1-D curve or 2-D contour/surface)",
+        description="Loss and accuracy at theta + a*d1 (+ b*d2) over a grid, with random "
+                    "filter-normalised directions (Li et al. 2018), BN in inference mode.")
+    _common(landscape, bn_mode=False)
+    landscape.add_argument("--dims", type=int, choices=(1, 2), default=2)
+    landscape.add_argument("--points", type=int, default=51, help="grid points per axis (default 51)")
+    landscape.add_argument("--range", type=float, nargs=2, default=(-1.0, 1.0), metavar=("MIN", "MAX"),
+                           help="grid range per axis (default -1 1)")
+    landscape.add_argument("--direction", choices=("random", "hessian"), default="random",
+                           help="random filter-normalised directions, or the top Hessian eigenvectors "
+                                "(scaled to the weights' norm)")
+    landscape.add_argument("--towards", metavar="MODEL",
+                           help="first direction: from TARGET's weights to this model's (.keras)")
+    landscape.add_argument("--normalization", choices=("filter", "layer", "none"), default="filter")
+    landscape.add_argument("--include-bias-bn", action="store_true",
+                           help="perturb biases and BN parameters too (default: their directions are zero)")
+    landscape.add_argument("--gradvar", action="store_true",
+                           help="also the gradient variance at every point (3-D surface; slower)")
+    landscape.add_argument("--resume", action="store_true",
+                           help="continue an interrupted grid from OUT/landscape.npz")
+    landscape.set_defaults(func=run_landscape)
+
+
+def _common(p, bn_mode=True) -> None:
+    p.add_argument("target", help="run directory, .keras file or SavedModel directory")
+    p.add_argument("--dataset", help="dataset spec (cifar10, cifar100, folder:PATH); default: the run's")
+    p.add_argument("--data-dir", help="tfds data directory (default: the run's)")
+    p.add_argument("--split", default="test", help="split to probe (default test)")
+    p.add_argument("--max-images", type=int, help="use the first N images of the split (default all)")
+    p.add_argument("--batch-size", type=int, default=100, help="batch size (default 100)")
+    p.add_argument("--dtype", choices=("float32", "float64"), default="float32",
+                   help="probe a float64 copy of the model for accurate curvature (slower)")
+    if bn_mode:
+        p.add_argument("--bn-mode", choices=("inference", "training"), default="inference",
+                       help="BN with moving statistics (default) or batch statistics; "
+                            "the model is never changed")
+    p.add_argument("--seed", type=int, default=0, help="random vectors/directions seed (default 0)")
+    p.add_argument("--out", help="output directory (default TARGET/probes or probes/ next to the model)")
+    p.add_argument("--format", choices=("png", "pdf"), default="png", help="plot format (default png)")
+    p.add_argument("--no-tensorboard", action="store_true", help="do not write TensorBoard summaries")
+    p.add_argument("--json", action="store_true", help="print the results as JSON on stdout")
+
+
+# ------------------------------------------------------------- loading
+
+class Target:
+    """A loaded model with where it came from."""
+
+    def __init__(self, model, run_dir=None, config=None, out_default=None, saved_model=False):
+        self.model, self.run_dir, self.config = model, run_dir, config or {}
+        self.out_default, self.saved_model = out_default, saved_model
+
+
+def load_target(path: str, dataset_spec=None, data_dir=None) -> Target:
+    path = os.path.normpath(os.path.expanduser(path))
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"no such run directory or model file: {path}")
+    import tfnas.networks  # noqa: F401  (registers the tfnas layers for loading)
+    if os.path.isdir(path) and os.path.isfile(os.path.join(path, "config.json")):
+        return _load_run(path, dataset_spec, data_dir)
+    if os.path.isfile(path) and path.endswith(".keras"):
+        import keras
+        try:
+            model = keras.saving.load_model(path, compile=False)
+        except Exception as err:  # noqa: BLE001 - Keras raises many types for bad files
+            raise UsageError(f"cannot load {path}: {str(err).splitlines()[0] if str(err) else type(err).__name__}")
+        return Target(model, out_default=os.path.join(os.path.dirname(path) or ".", "probes"))
+    if os.path.isdir(path) and os.path.isfile(os.path.join(path, "saved_model.pb")):
+        return _load_saved_model(path)
+    raise UsageError(f"{path} is not a run directory (config.json), a .keras file or a SavedModel directory")
+
+
+def _load_run(path, dataset_spec, data_dir) -> Target:
+    import tensorflow as tf
+    from tfnas import data as data_lib
+    from tfnas.genotypes import Genotype, resolve_genotype
+    from tfnas.networks import NetworkCIFAR
+    from tfnas.rundir import CheckpointError, RunDir
+
+    run = RunDir(path, create=False)
+    config = run.read_config()
+    checkpoint = run.latest_checkpoint()
+    if checkpoint is None:
+        files = sorted((os.path.join(root, f) for root, _, names in os.walk(path)
+                        for f in names if f.endswith(".keras")), key=os.path.getmtime)
+        if not files:
+            raise UsageError(f"run directory {path} has no checkpoint and no .keras file yet")
+        target = load_target(files[-1])
+        return Target(target.model, run_dir=path, config=config, out_default=os.path.join(path, "probes"))
+    genotype = Genotype.from_dict(config["genotype_resolved"]) if config.get("genotype_resolved") \
+        else resolve_genotype(config["genotype"])
+    info = data_lib.dataset_info(config.get("dataset", "cifar10"), config.get("data_dir"))
+    model = NetworkCIFAR(genotype, init_channels=config.get("init_channels", 36), layers=config.get("layers", 20),
+                         num_classes=info.num_classes, auxiliary=config.get("auxiliary", False),
+                         stem=config.get("stem", "cifar"))
+    model.build((None,) + tuple(info.image_shape))
+    try:
+        status = tf.train.Checkpoint(model=model).read(os.path.join(checkpoint, "ckpt"))
+        status.expect_partial()
+        status.assert_existing_objects_matched()
+    except Exception as err:  # noqa: BLE001
+        raise CheckpointError(f"cannot restore the model from {checkpoint}: {str(err).splitlines()[0]}") from None
+    return Target(model, run_dir=path, config=config, out_default=os.path.join(path, "probes"))
+
+
+def _load_saved_model(path) -> Target:
+    import keras
+    import tensorflow as tf
+    layer = keras.layers.TFSMLayer(path, call_endpoint="serve", trainable=True)
+    loaded = tf.saved_model.load(path)
+    spec = loaded.signatures["serving_default"].structured_input_signature[1]
+    shape = list(spec.values())[0].shape if isinstance(spec, dict) and spec else None
+    if shape is None:
+        raise UsageError(f"cannot tell the input shape of the SavedModel {path}")
+    model = keras.Sequential([keras.Input(tuple(shape[1:])), layer])
+    return Target(model, out_default=os.path.join(os.path.dirname(path) or ".", "probes"), saved_model=True)
+
+
+def load_data(args, target: Target):
+    """(batches dataset, description) of the chosen split."""
+    from tfnas import data as data_lib
+    spec = args.dataset or target.config.get("dataset")
+    if not spec:
+        raise UsageError("which data? pass --dataset (e.g. folder:PATH or cifar10)")
+    if args.batch_size < 1:
+        raise UsageError("--batch-size must be >= 1")
+    if args.max_images is not None and args.max_images < 1:
+        raise UsageError("--max-images must be >= 1")
+    data_dir = args.data_dir or target.config.get("data_dir")
+    validation = target.config.get("validation", 0)
+    source = data_lib.open_dataset(spec, data_dir, validation=validation)
+    ds = source.dataset(args.split, args.batch_size, shuffle=False, epoch=0)
+    total = source.info.num_examples.get(args.split)
+    if args.max_images is not None:
+        ds = ds.unbatch().take(args.max_images).batch(args.batch_size)
+        total = min(total, args.max_images) if total is not None else args.max_images
+    return ds, {"dataset": source.info.name, "split": args.split, "num_examples": total,
+                "batch_size": args.batch_size}
+
+
+def _prepare(args):
+    import tensorflow as tf  # noqa: F401
+    target = load_target(args.target, args.dataset, args.data_dir)
+    if target.saved_model and getattr(args, "bn_mode", "inference") == "training":
+        raise UsageError("a SavedModel can only be probed in inference mode; use the .keras file or run directory")
+    model = target.model
+    if args.dtype == "float64":
+        from tfnas.probes import cast_model
+        model = cast_model(model, "float64")
+    ds, description = load_data(args, target)
+    out = args.out or target.out_default
+    os.makedirs(out, exist_ok=True)
+    return target, model, ds, description, out
+
+
+def _loss():
+    import keras
+    return keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+
+
+def _probe_errors():
+    from tfnas.plots import PlotError
+    from tfnas.probes import ProbeError
+    return (ProbeError, PlotError)
+
+
+def _write_json(out, name, result) -> str:
+    from tfnas.rundir import atomic_write_text
+    path = os.path.join(out, f"{name}.json")
+    atomic_write_text(path, json.dumps(result, indent=2, default=_plain) + "\n")
+    return path
+
+
+def _plain(obj):
+    import numpy as np
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    raise TypeError(type(obj).__name__)
+
+
+def _report(args, result, lines):
+    if args.json:
+        print_json(result)
+    else:
+        for line in lines:
+            print(line)
+
+
+def _tensorboard(args, target, write):
+    """Run ``write()`` under the run's ``tb/probes`` writer (if any)."""
+    if args.no_tensorboard or target.run_dir is None:
+        return None
+    from tfnas.rundir import RunDir
+    run = RunDir(target.run_dir, create=False)
+    writer = run.tensorboard_writer("probes")
+    with writer.as_default():
+        write()
+    run.close()
+    return os.path.join(run.tb_dir, "probes")
+
+
+def _image_summary(name, png_path, step=0):
+    import tensorflow as tf
+    with open(png_path, "rb") as fh:
+        image = tf.image.decode_png(fh.read(), channels=4)[None]
+    tf.summary.image(name, image, step=step)
+
+
+def _epoch(target):
+    try:
+        from tfnas.rundir import RunDir
+        metrics = RunDir(target.run_dir, create=False).read_metrics() if target.run_dir else []
+        return int(max((m.get("epoch", 0) for m in metrics), default=0))
+    except Exception:  # noqa: BLE001 - the step is cosmetic
+        return 0
+
+
+def _base_result(args, target, model, description):
+    return {"target": os.path.abspath(args.target), "dtype": args.dtype, "loss": LOSS_NAME,
+            "bn_mode": getattr(args, "bn_mode", "inference"), **description,
+            "num_parameters": int(sum(int(v.numpy().size) for v in model.trainable_variables))}
+
+
+# ------------------------------------------------------------- hessian
+
+def run_hessian(args) -> int:
+    for name in ("top_n", "max_iter", "density_steps"):
+        if getattr(args, name) < 1:
+            raise UsageError(f"--{name.replace('_', '-')} must be >= 1")
+    if not args.tol > 0:
+        raise UsageError("--tol must be > 0")
+    target, model, ds, description, out = _prepare(args)
+    from tfnas import plots
+    from tfnas.probes import HessianProbe
+    try:
+        t0 = time.time()
+        probe = HessianProbe(model, _loss(), ds, training=args.bn_mode == "training",
+                             hvp_mode=args.hvp_mode, seed=args.seed)
+        values = probe.eigenvalues(top_n=args.top_n, max_iter=args.max_iter, tol=args.tol, method=args.method)
+        result = _base_result(args, target, model, description)
+        result.update(method=args.method, hvp_mode=args.hvp_mode, tol=args.tol,
+                      eigenvalues=[float(v) for v in values], converged=bool(probe.last_result.converged),
+                      hvps_eigenvalues=probe.num_hvps)
+        if args.trace:
+            estimate, se = probe.trace(max_iter=max(args.max_iter, 2), tol=args.tol)
+            result.update(trace=estimate, trace_standard_error=se)
+        density = None
+        if args.density:
+            density = probe.density(num_steps=args.density_steps)
+            result["density"] = {"grid": density.grid[::10].tolist(), "density": density.density[::10].tolist(),
+                                 "nodes": density.nodes.tolist(), "weights": density.weights.tolist(),
+                                 "sigma": density.sigma}
+        result["hvps_total"] = probe.num_hvps
+        result["seconds"] = time.time() - t0
+        plot = os.path.join(out, f"hessian_spectrum.{args.format}")
+        plots.plot_spectrum(density, values, path=plot,
+                            title=f"Hessian spectrum ({description['split']}, {description['num_examples']} images)")
+    except _probe_errors() as err:
+        raise UsageError(str(err)) from None
+    result["plot"] = plot
+    result["json"] = _write_json(out, "hessian", result)
+
+    def summaries():
+        import tensorflow as tf
+        step = _epoch(target)
+        for i, v in enumerate(values):
+            tf.summary.scalar(f"hessian/eigenvalue_{i + 1}", float(v), step=step)
+        if args.trace:
+            tf.summary.scalar("hessian/trace", result["trace"], step=step)
+        if plot.endswith(".png"):
+            _image_summary("hessian/spectrum", plot, step)
+    result["tensorboard"] = _tensorboard(args, target, summaries)
+    lines = [f"top {len(values)} Hessian eigenvalue(s) ({args.method}, {result['hvps_eigenvalues']} HVPs, "
+             f"{'converged' if result['converged'] else 'NOT converged: raise --max-iter'}): "
+             + ", ".join(f"{v:.6g}" for v in values)]
+    if args.trace:
+        lines.append(f"trace {result['trace']:.6g} ± {result['trace_standard_error']:.3g} (standard error)")
+    lines.append(f"wrote {result['json']} and {plot}")
+    _report(args, result, lines)
+    return 0
+
+
+# ------------------------------------------------------------- gradvar
+
+def run_gradvar(args) -> int:
+    target, model, ds, description, out = _prepare(args)
+    from tfnas.probes import as_batches, gradient_variance
+    try:
+        t0 = time.time()
+        batches = as_batches(ds)
+        stats = gradient_variance(model, _loss(), batches, per_layer=args.per_layer,
+                                  training=args.bn_mode == "training")
+    except _probe_errors() as err:
+        raise UsageError(str(err)) from None
+    result = _base_result(args, target, model, description)
+    result.update(stats)
+    result["seconds"] = time.time() - t0
+    result["json"] = _write_json(out, "gradvar", result)
+
+    def summaries():
+        import tensorflow as tf
+        step = _epoch(target)
+        for key in ("mean_norm_deviation", "mean_sq_deviation", "mean_gradient_norm"):
+            tf.summary.scalar(f"gradvar/{key}", stats[key], step=step)
+    result["tensorboard"] = _tensorboard(args, target, summaries)
+    lines = [f"gradient variance over {stats['num_batches']} batches of {stats['batch_size']} "
+             f"({description['dataset']} {description['split']}):",
+             f"  E||g_i - g_bar||   = {stats['mean_norm_deviation']:.6g}",
+             f"  E||g_i - g_bar||^2 = {stats['mean_sq_deviation']:.6g}",
+             f"  ||g_bar||          = {stats['mean_gradient_norm']:.6g}"]
+    if args.per_layer:
+        worst = sorted(stats["layers"].items(), key=lambda kv: -kv[1]["mean_sq_deviation"])[:5]
+        lines.append("  largest per-layer E||g_i - g_bar||^2: "
+                     + ", ".join(f"{k} {v['mean_sq_deviation']:.3g}" for k, v in worst))
+    lines.append(f"wrote {result['json']}")
+    _report(args, result, lines)
+    return 0
+
+
+# ----------------------------------------------------------- landscape
+
+class _Progress:
+    """``landscape 37/121 points (31%) 12 s, ETA 20 s`` on stderr."""
+
+    def __init__(self, stream=sys.stderr):
+        self.stream, self.t0, self.start, self.last = stream, time.time(), None, -1.0
+        self.tty = hasattr(stream, "isatty") and stream.isatty()
+
+    def __call__(self, done, total):
+        now = time.time()
+        if self.start is None:
+            self.start = (done, now)
+        finished = done == total
+        if not finished and now - self.last < (0.5 if self.tty else 10.0):
+            return
+        self.last = now
+        rate_points = done - self.start[0]
+        eta = f"{(now - self.start[1]) / rate_points * (total - done):.0f} s" if rate_points else "?"
+        text = f"landscape {done}/{total} points ({100 * done / total:.0f}%) {now - self.t0:.0f} s, ETA {eta}"
+        if self.tty:
+            print("\r" + text + (" " * 8) + ("\n" if finished else ""), end="", file=self.stream, flush=True)
+        else:
+            print(text, file=self.stream, flush=True)
+
+
+def run_landscape(args) -> int:
+    if args.points < 2:
+        raise UsageError("--points must be >= 2")
+    if not args.range[0] < args.range[1]:
+        raise UsageError("--range MIN MAX needs MIN < MAX")
+    if args.towards and args.direction == "hessian":
+        raise UsageError("--towards and --direction hessian cannot be combined")
+    target, model, ds, description, out = _prepare(args)
+    import numpy as np
+    from tfnas import plots
+    from tfnas.probes import (HessianProbe, ModelLoss, as_batches, direction_to, loss_landscape,
+                              random_direction)
+    checkpoint = os.path.join(out, "landscape.npz")
+    ignore = None if args.include_bias_bn else "biasbn"
+    try:
+        t0 = time.time()
+        batches = as_batches(ds)
+        loss = ModelLoss(model, _loss())
+        directions = None
+        if not (args.resume and os.path.exists(checkpoint)):
+            rng = np.random.default_rng(args.seed)
+            directions = []
+            if args.towards:
+                other = load_target(args.towards)
+                other_model = other.model
+                if args.dtype == "float64":
+                    from tfnas.probes import cast_model
+                    other_model = cast_model(other_model, "float64")
+                directions.append(direction_to(model, other_model))
+            if args.direction == "hessian":
+                probe = HessianProbe(model, _loss(), batches, seed=args.seed)
+                _, vectors = probe.eigenvalues(top_n=args.dims, method="lanczos", max_iter=100,
+                                               tol=1e-3, return_vectors=True)
+                scale = np.linalg.norm(loss.parameters())
+                directions.extend(v * scale for v in vectors)
+            while len(directions) < args.dims:
+                directions.append(random_direction(model, None, rng, args.normalization, ignore))
+        progress = _Progress()
+        land = loss_landscape(model, _loss(), batches, directions=directions,
+                              num_points=args.points, span=tuple(args.range), seed=args.seed,
+                              normalization=args.normalization, ignore=ignore,
+                              with_gradient_variance=args.gradvar, checkpoint=checkpoint,
+                              resume=args.resume, progress=progress, model_loss=loss)
+        seconds = time.time() - t0
+        plot_paths = {}
+        title = f"{description['split']} loss, {description['num_examples']} images"
+        if land.dims == 1:
+            plot_paths["curve"] = os.path.join(out, f"landscape_curve.{args.format}")
+            plots.plot_landscape(land, plot_paths["curve"], title=title)
+        else:
+            plot_paths["contour"] = os.path.join(out, f"landscape_contour.{args.format}")
+            plots.plot_landscape(land, plot_paths["contour"], kind="contour", title=title)
+            plot_paths["surface"] = os.path.join(out, f"landscape_surface.{args.format}")
+            plots.plot_landscape(land, plot_paths["surface"], kind="surface", title=title)
+            if args.gradvar:
+                plot_paths["gradvar_surface"] = os.path.join(out, f"landscape_gradvar_surface.{args.format}")
+                plots.plot_landscape(land, plot_paths["gradvar_surface"], quantity="mean_norm_deviation",
+                                     kind="surface", title="gradient variance E‖g−ḡ‖")
+    except _probe_errors() as err:
+        raise UsageError(str(err)) from None
+    result = _base_result(args, target, model, description)
+    centre = tuple(int(np.argmin(np.abs(land.x))) for _ in range(land.dims))
+    result.update(direction=args.direction, towards=args.towards, normalization=args.normalization,
+                  ignore=ignore, seconds=seconds, checkpoint=checkpoint, plots=plot_paths,
+                  centre_loss=float(land.loss[centre]),
+                  centre_accuracy=None if not np.isfinite(land.accuracy[centre]) else float(land.accuracy[centre]),
+                  landscape=land.to_dict())
+    result["json"] = _write_json(out, "landscape", result)
+
+    def summaries():
+        import tensorflow as tf
+        step = _epoch(target)
+        tf.summary.scalar("landscape/centre_loss", result["centre_loss"], step=step)
+        for name, path in plot_paths.items():
+            if path.endswith(".png"):
+                _image_summary(f"landscape/{name}", path, step)
+    result["tensorboard"] = _tensorboard(args, target, summaries)
+    finite = land.loss[np.isfinite(land.loss)]
+    lines = [f"{land.dims}-D landscape, {args.points} points per axis over [{args.range[0]:g}, {args.range[1]:g}] "
+             f"in {seconds:.1f} s: loss {finite.min():.4g} .. {finite.max():.4g} "
+             f"(centre {result['centre_loss']:.4g})",
+             "wrote " + ", ".join([result["json"]] + list(plot_paths.values()))]
+    _report(args, result, lines)
+    return 0
