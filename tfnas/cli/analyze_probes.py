@@ -377,7 +377,8 @@ def run_gradvar(args) -> int:
 class _Progress:
     """``landscape 37/121 points (31%) 12 s, ETA 20 s`` on stderr."""
 
-    def __init__(self, stream=sys.stderr):
+    def __init__(self, stream=None):
+        stream = stream or sys.stderr
         self.stream, self.t0, self.start, self.last = stream, time.time(), None, -1.0
         self.tty = hasattr(stream, "isatty") and stream.isatty()
 
