@@ -285,6 +285,11 @@ def run_hessian(args) -> int:
     if not args.tol > 0:
         raise UsageError("--tol must be > 0")
     target, model, ds, description, out = _prepare(args)
+    if target.saved_model:
+        # Restored SavedModel functions carry first derivatives only: the
+        # second derivative would silently come out as zero.
+        raise UsageError("a SavedModel has no second derivatives; probe the Hessian of the .keras file "
+                         "or the run directory instead")
     from tfnas import plots
     from tfnas.probes import HessianProbe
     try:
@@ -411,6 +416,9 @@ def run_landscape(args) -> int:
     from tfnas import plots
     from tfnas.probes import (HessianProbe, ModelLoss, as_batches, direction_to, loss_landscape,
                               random_direction)
+    if target.saved_model and args.normalization == "filter":
+        print("note: layer types are not known in a SavedModel, so depthwise kernels are normalised as "
+              "ordinary kernels; use the .keras file for exact filter normalisation", file=sys.stderr)
     checkpoint = os.path.join(out, "landscape.npz")
     ignore = None if args.include_bias_bn else "biasbn"
     try:
