@@ -172,7 +172,7 @@ class NetworkCIFAR(keras.Model):
 
     def _forward(self, inputs, training, with_aux):
         if not self.built:
-            self.build(inputs.shape)
+            self.build(tuple(inputs.shape))
         x = inputs
         if STEMS[self.stem_kind] != 1:
             x = _pad(x, 1)
