@@ -258,9 +258,10 @@ class RunDir:
         tmp = os.path.join(self.checkpoint_dir, f".tmp-{name}-{os.getpid()}-{time.time_ns()}")
         os.makedirs(tmp)
         try:
-            tf.train.Checkpoint(**trackables).write(os.path.join(tmp, _PREFIX))
+            objects, manifest = _checkpointable(trackables)
+            tf.train.Checkpoint(**objects).write(os.path.join(tmp, _PREFIX))
             state = dict(state, saved_at=time.strftime("%Y-%m-%dT%H:%M:%S"),
-                         trackables=sorted(trackables))
+                         trackables=sorted(trackables), variables=manifest)
             with open(os.path.join(tmp, _STATE_FILE), "w", encoding="utf-8") as fh:
                 json.dump(state, fh, indent=2, default=_json_default)
             for entry in os.listdir(tmp):
@@ -323,6 +324,8 @@ class RunDir:
         missing = sorted(set(state.get("trackables", [])) - set(trackables))
         if missing:
             raise CheckpointError(f"checkpoint {path} has objects this run lacks: {', '.join(missing)}")
+        objects, manifest = _checkpointable(trackables)
+        _compare_manifests(path, state.get("variables", {}), manifest)
         prefix = os.path.join(path, _PREFIX)
         try:
             reader = tf.train.load_checkpoint(prefix)
@@ -333,7 +336,7 @@ class RunDir:
         except Exception as err:  # NotFoundError, DataLossError, IndexError, ...
             raise CheckpointError(f"checkpoint {path} is corrupt or unreadable: {_one_line(err)}") from None
         try:
-            status = tf.train.Checkpoint(**trackables).read(prefix)
+            status = tf.train.Checkpoint(**objects).read(prefix)
             status.assert_existing_objects_matched()
             # Every variable of the run must come from the checkpoint.
             status.expect_partial()
@@ -347,6 +350,55 @@ class RunDir:
                                       f"(different genotype or shape?): {msg}") from None
             raise CheckpointError(f"checkpoint {path} cannot be restored: {msg}") from None
         return state
+
+
+def _checkpointable(trackables: dict):
+    """Replace Keras layers/models/optimizers by a module holding their
+    variables in order, and describe those variables.
+
+    ``tf.train.Checkpoint`` does not reach every variable of a Keras 3 model
+    (sub-layers kept in Python lists, SeedGenerator states are skipped
+    silently), so Keras objects are saved as the flat, ordered list
+    ``obj.variables`` -- deterministic for the same architecture -- and the
+    manifest (path below the root, shape, dtype per variable) lets a
+    mismatch be reported precisely before anything is restored."""
+    import keras
+    import tensorflow as tf
+
+    objects, manifest = {}, {}
+    for name, obj in trackables.items():
+        if isinstance(obj, (keras.Layer, keras.optimizers.Optimizer)):
+            variables = list(obj.variables)
+            holder = tf.Module(name=f"{name}_variables")
+            holder.variables_in_order = [v.value if isinstance(v, keras.Variable) else v
+                                         for v in variables]
+            objects[name] = holder
+            manifest[name] = [[_relative_path(v), list(v.shape), str(v.dtype)] for v in variables]
+        else:
+            objects[name] = obj
+    return objects, manifest
+
+
+def _relative_path(variable) -> str:
+    path = getattr(variable, "path", None) or variable.name
+    return path.split("/", 1)[1] if "/" in path else path
+
+
+def _compare_manifests(path: str, saved: dict, current: dict) -> None:
+    for name, now in current.items():
+        if name not in saved:
+            continue   # checkpoints written before manifests existed
+        then = saved[name]
+        if len(then) != len(now):
+            raise CheckpointError(
+                f"checkpoint {path} does not match this model (different genotype or shape?): "
+                f"{name} has {len(then)} variables in the checkpoint but {len(now)} now")
+        for i, ((p0, s0, d0), (p1, s1, d1)) in enumerate(zip(then, now)):
+            if list(s0) != list(s1) or d0 != d1:
+                raise CheckpointError(
+                    f"checkpoint {path} does not match this model (different genotype or shape?): "
+                    f"{name} variable {i} is {p0} {tuple(s0)} {d0} in the checkpoint but "
+                    f"{p1} {tuple(s1)} {d1} now")
 
 
 def _assert_all_restored(trackables: dict, status) -> None:

@@ -270,15 +270,9 @@ class Trainer:
         self._tf = tf
 
     def trackables(self) -> dict:
-        """Everything a checkpoint must hold to resume exactly: the model, the
-        optimizer, and the drop-path random streams (Keras SeedGenerator
-        states are model variables that ``tf.train.Checkpoint`` does not
-        reach through the model)."""
-        tf = self._tf
-        rng = tf.Module(name="model_rng")
-        rng.seed_states = [_tf_variable(v) for v in self.model.variables
-                           if "seed_generator_state" in getattr(v, "path", v.name)]
-        return {"model": self.model, "optimizer": self.optimizer.trackable, "model_rng": rng}
+        """Everything a checkpoint must hold to resume exactly: the model (all
+        its variables, drop-path random streams included) and the optimizer."""
+        return {"model": self.model, "optimizer": self.optimizer.trackable}
 
     # replica functions
     def _replica_train(self, x, y):
