@@ -35,6 +35,9 @@ from dataclasses import asdict, dataclass, fields
 import keras
 import tensorflow as tf
 
+# One place for the reference SGD semantics, the cosine schedule and the clip.
+from tfnas.training import ReferenceSGD, clip_by_global_norm_like_torch, cosine_learning_rate
+
 HESSIAN_MODES = ("fd", "exact")
 
 
@@ -71,13 +74,6 @@ class DartsConfig:
         return cls(**{k: v for k, v in data.items() if k in names})
 
 
-def cosine_learning_rate(epoch: int, epochs: int, lr_max: float, lr_min: float) -> float:
-    """PyTorch ``CosineAnnealingLR`` stepped once per epoch (epoch 0 -> lr_max)."""
-    if epochs <= 0:
-        return lr_max
-    return lr_min + (lr_max - lr_min) * (1 + math.cos(math.pi * epoch / epochs)) / 2
-
-
 def _as_dtype(value, dtype):
     # tf.cast of a Python float goes through float32; convert directly instead.
     if isinstance(value, (int, float)):
@@ -90,33 +86,11 @@ def _slot(variable, name):
                        name=name)
 
 
-class ReferenceSGD(tf.Module):
-    """PyTorch SGD (momentum, L2 weight decay in the gradient), as DARTS uses it.
-
-    ``buf = μ·buf + (g + λ·w); w -= lr·buf``.  Kept here rather than a Keras
-    optimizer because the second-order virtual step reads the momentum
-    buffer in exactly this (learning-rate free) form; Keras' SGD stores
-    ``−lr·buf`` instead.  Create under the strategy scope; call
-    :meth:`apply` in cross-replica context with reduced gradients.
-    """
-
-    def __init__(self, variables, momentum, weight_decay, name="weight_optimizer"):
-        super().__init__(name=name)
-        self.momentum = float(momentum)
-        self.weight_decay = float(weight_decay)
-        self.buffers = [_slot(v, f"momentum_{i}") for i, v in enumerate(variables)]
-
-    def apply(self, grads, variables, learning_rate):
-        for var, buf, g in zip(variables, self.buffers, grads):
-            lr = _as_dtype(learning_rate, var.dtype)
-            g = g + self.weight_decay * var
-            new_buf = self.momentum * buf + g
-            buf.assign(new_buf)
-            var.assign_sub(lr * new_buf)
-
-
 class ReferenceAdam(tf.Module):
-    """PyTorch Adam with L2 weight decay in the gradient (DARTS' alpha optimizer)."""
+    """PyTorch Adam with L2 weight decay in the gradient (DARTS' alpha optimizer).
+
+    Create under the strategy scope; call :meth:`apply` in cross-replica
+    context with reduced gradients (every replica gets the same update)."""
 
     def __init__(self, variables, learning_rate, beta_1, beta_2, epsilon, weight_decay,
                  name="arch_optimizer"):
@@ -141,13 +115,6 @@ class ReferenceAdam(tf.Module):
             m_hat = m_new / (1 - tf.pow(_as_dtype(self.beta_1, var.dtype), t))
             v_hat = v_new / (1 - tf.pow(_as_dtype(self.beta_2, var.dtype), t))
             var.assign_sub(self.learning_rate * m_hat / (tf.sqrt(v_hat) + self.epsilon))
-
-
-def clip_by_global_norm_like_torch(grads, max_norm):
-    """``torch.nn.utils.clip_grad_norm_``: scale by max_norm/(norm+1e-6) if < 1."""
-    norm = tf.linalg.global_norm(grads)
-    coef = tf.minimum(tf.cast(max_norm, norm.dtype) / (norm + 1e-6), 1.0)
-    return [g * tf.cast(coef, g.dtype) for g in grads], norm
 
 
 def _zeros_for_none(grads, values):
@@ -181,25 +148,25 @@ class BilevelSearch:
         self.state_vars = [v for v in model.non_trainable_variables
                            if "float" in str(v.dtype) and id(v) not in alpha_ids]
         with self.strategy.scope():
-            dtype = self.weight_vars[0].dtype
-            self.learning_rate = tf.Variable(config.learning_rate, dtype=dtype, trainable=False,
-                                             name="learning_rate")
-            self.weight_optimizer = ReferenceSGD(self.weight_vars, config.momentum,
+            self.weight_optimizer = ReferenceSGD(config.learning_rate, config.momentum,
                                                  config.weight_decay)
+            self.weight_optimizer.build(self.weight_vars)
+            # ξ of the virtual step is the current learning rate, as in the reference.
+            self.learning_rate = self.weight_optimizer.learning_rate
             self.arch_optimizer = ReferenceAdam(
                 self.alpha_vars, config.arch_learning_rate, config.arch_beta_1,
                 config.arch_beta_2, config.arch_epsilon, config.arch_weight_decay)
         # One traced network pass per (wrt weights, wrt alphas) combination.
         self._pass = tf.function(self._pass_impl, reduce_retracing=True)
-        self._step_fn = None
+        self._step_fns = {}
         self._alpha_grad_fns = {}
         self._eval_fn = None
 
     # ---------------------------------------------------------------- passes
     def trackables(self) -> dict:
         """What a checkpoint must hold to resume the search exactly."""
-        return {"model": self.model, "weight_optimizer": self.weight_optimizer,
-                "arch_optimizer": self.arch_optimizer, "learning_rate": self.learning_rate}
+        return {"model": self.model, "weight_optimizer": self.weight_optimizer.trackable,
+                "arch_optimizer": self.arch_optimizer}
 
     def _forward(self, x, weights, alphas, training=True):
         """Logits at the given weight/alpha values (no side effects) and the
@@ -308,17 +275,17 @@ class BilevelSearch:
             lambda t: self.strategy.reduce(tf.distribute.ReduceOp.MEAN, t, axis=None),
             per_replica)
 
-    def _search_step_impl(self, train_batch, val_batch):
+    def _search_step_impl(self, train_batch, val_batch, order, hessian):
         cfg = self.config
         xt, yt = train_batch
         xv, yv = val_batch
         ga, val_loss, val_acc = self._run_mean(
-            lambda a, b, c, d: self._alpha_grads_replica(a, b, c, d, cfg.order, cfg.hessian),
+            lambda a, b, c, d: self._alpha_grads_replica(a, b, c, d, order, hessian),
             xt, yt, xv, yv)
         self.arch_optimizer.apply(ga, self.alpha_vars)
         gw, loss, acc, state = self._run_mean(self._weight_grads_replica, xt, yt)
         gw, grad_norm = clip_by_global_norm_like_torch(gw, cfg.grad_clip)
-        self.weight_optimizer.apply(gw, self.weight_vars, self.learning_rate)
+        self.weight_optimizer.apply(gw, self.weight_vars)
         for var, value in zip(self.state_vars, state):
             var.assign(value)
         return {"loss": loss, "acc": acc, "alpha_loss": val_loss, "alpha_acc": val_acc,
@@ -327,9 +294,11 @@ class BilevelSearch:
     def search_step(self, train_batch, val_batch):
         """One alpha step then one weight step; returns scalar metrics.
         Batches may be distributed values (``strategy.experimental_distribute_dataset``)."""
-        if self._step_fn is None:
-            self._step_fn = tf.function(self._search_step_impl)
-        return self._step_fn(train_batch, val_batch)
+        key = (self.config.order, self.config.hessian)
+        if key not in self._step_fns:
+            self._step_fns[key] = tf.function(
+                lambda tb, vb: self._search_step_impl(tb, vb, *key))
+        return self._step_fns[key](train_batch, val_batch)
 
     def alpha_gradient(self, train_batch, val_batch, order=None, hessian=None):
         """The alpha gradient the next alpha step would use (no update), for

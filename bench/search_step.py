@@ -1,0 +1,108 @@
+#!/usr/bin/env python3
+"""Seconds per DARTS search step (alpha step + weight step), trace time and
+peak memory: search network C=16, 8 layers, batch 16, 32×32 inputs.
+
+Each mode runs in its own process (peak RSS is per process):
+``order1`` (first order), ``order2_fd`` (reference finite differences),
+``order2_exact`` (differentiating through the virtual step; differentiable BN).
+Reference PyTorch on this machine type: 5.0–7.45 s first order, 15.65 s
+second order (fd), peak 2.7–3.5 GB.
+
+    python bench/search_step.py [--steps 3] [--modes order1,order2_fd,order2_exact]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+
+MODES = {"order1": (1, "fd"), "order2_fd": (2, "fd"), "order2_exact": (2, "exact")}
+
+
+def run_mode(mode, steps, C, layers, batch):
+    from tfnas.runtime import configure_threads, quiet_tensorflow
+    quiet_tensorflow()
+    import numpy as np
+    import tensorflow as tf
+    configure_threads(1, 2)
+    from tfnas.search.darts import BilevelSearch, DartsConfig
+    from tfnas.search.supernet import SearchNetwork
+
+    order, hessian = MODES[mode]
+    t0 = time.perf_counter()
+    model = SearchNetwork(C, layers, 10, bn_fused=False if hessian == "exact" else None)
+    model.build_for((32, 32, 3))
+    search = BilevelSearch(model, DartsConfig(order=order, hessian=hessian))
+    build_s = time.perf_counter() - t0
+    rng = np.random.default_rng(0)
+
+    def batch_pair():
+        x = rng.normal(size=(2, batch, 32, 32, 3)).astype("float32")
+        y = rng.integers(0, 10, size=(2, batch)).astype("int32")
+        return (tf.constant(x[0]), tf.constant(y[0])), (tf.constant(x[1]), tf.constant(y[1]))
+
+    t0 = time.perf_counter()
+    float(search.search_step(*batch_pair())["loss"])
+    first_s = time.perf_counter() - t0
+    times = []
+    for _ in range(steps):
+        pair = batch_pair()
+        t0 = time.perf_counter()
+        float(search.search_step(*pair)["loss"])
+        times.append(time.perf_counter() - t0)
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    step_s = float(np.median(times))
+    return {"mode": mode, "s_per_step": step_s, "steps": times, "build_s": build_s,
+            "first_call_s": first_s, "trace_s": first_s - step_s, "peak_rss_mb": peak_mb,
+            "loadavg": os.getloadavg()[0]}
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--modes", default="order1,order2_fd,order2_exact")
+    parser.add_argument("--C", type=int, default=16)
+    parser.add_argument("--layers", type=int, default=8)
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--one", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.one:
+        print(json.dumps(run_mode(args.one, args.steps, args.C, args.layers, args.batch)))
+        return 0
+    results = {}
+    for mode in args.modes.split(","):
+        cmd = [sys.executable, os.path.abspath(__file__), "--one", mode, "--steps", str(args.steps),
+               "--C", str(args.C), "--layers", str(args.layers), "--batch", str(args.batch)]
+        out = subprocess.run(cmd, capture_output=True, text=True)
+        if out.returncode != 0:
+            print(out.stderr[-3000:], file=sys.stderr)
+            raise SystemExit(f"mode {mode} failed")
+        res = json.loads(out.stdout.strip().splitlines()[-1])
+        results[mode] = res
+        print(f"{mode:13s} {res['s_per_step']:.2f} s/step  trace {res['trace_s']:.0f} s  "
+              f"build {res['build_s']:.0f} s  peak {res['peak_rss_mb']:.0f} MB  "
+              f"load {res['loadavg']:.1f}", flush=True)
+    if "order1" in results:
+        for mode in ("order2_fd", "order2_exact"):
+            if mode in results:
+                print(f"{mode} / order1 = {results[mode]['s_per_step'] / results['order1']['s_per_step']:.2f}")
+    summary = {f"{m}_s_per_step": r["s_per_step"] for m, r in results.items()}
+    summary.update({
+        "peak_rss_mb": max(r["peak_rss_mb"] for r in results.values()),
+        "peak_rss_mb_per_mode": {m: r["peak_rss_mb"] for m, r in results.items()},
+        "trace_s": max(r["trace_s"] for r in results.values()),
+        "trace_s_per_mode": {m: r["trace_s"] for m, r in results.items()},
+        "config": {"C": args.C, "layers": args.layers, "batch": args.batch, "steps": args.steps},
+        "loadavg": os.getloadavg()[0],
+    })
+    print(json.dumps(summary))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
