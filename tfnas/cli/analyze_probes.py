@@ -197,6 +197,10 @@ def _prepare(args):
     if target.saved_model and getattr(args, "bn_mode", "inference") == "training":
         raise UsageError("a SavedModel can only be probed in inference mode; use the .keras file or run directory")
     model = target.model
+    if hasattr(model, "drop_path_prob"):
+        # Probes see the network as evaluated: no drop path, even with BN in
+        # training mode (the loaded copy is ours to set; files are untouched).
+        model.drop_path_prob.assign(0.0)
     if args.dtype == "float64":
         from tfnas.probes import cast_model
         model = cast_model(model, "float64")
