@@ -157,7 +157,7 @@ class BilevelSearch:
                 self.alpha_vars, config.arch_learning_rate, config.arch_beta_1,
                 config.arch_beta_2, config.arch_epsilon, config.arch_weight_decay)
         # One traced network pass per (wrt weights, wrt alphas) combination.
-        self._pass = tf.function(self._pass_impl, reduce_retracing=True)
+        self._pass = tf.function(self._pass_impl, reduce_retracing=True, autograph=False)
         self._step_fns = {}
         self._alpha_grad_fns = {}
         self._eval_fn = None
@@ -296,8 +296,10 @@ class BilevelSearch:
         Batches may be distributed values (``strategy.experimental_distribute_dataset``)."""
         key = (self.config.order, self.config.hessian)
         if key not in self._step_fns:
+            # autograph off: no tensor-dependent Python control flow here, and
+            # it would re-read (possibly edited) source files while tracing.
             self._step_fns[key] = tf.function(
-                lambda tb, vb: self._search_step_impl(tb, vb, *key))
+                lambda tb, vb: self._search_step_impl(tb, vb, *key), autograph=False)
         return self._step_fns[key](train_batch, val_batch)
 
     def alpha_gradient(self, train_batch, val_batch, order=None, hessian=None):
@@ -309,7 +311,7 @@ class BilevelSearch:
         if key not in self._alpha_grad_fns:
             def fn(tb, vb):
                 return self._alpha_grads_replica(tb[0], tb[1], vb[0], vb[1], order, hessian)[0]
-            self._alpha_grad_fns[key] = tf.function(fn)
+            self._alpha_grad_fns[key] = tf.function(fn, autograph=False)
         return [g.numpy() for g in self._alpha_grad_fns[key](train_batch, val_batch)]
 
     def _eval_impl(self, x, y):
@@ -321,7 +323,7 @@ class BilevelSearch:
     def evaluate(self, dataset, max_batches=None):
         """Mean loss and accuracy in inference mode over a (distributed) dataset."""
         if self._eval_fn is None:
-            self._eval_fn = tf.function(self._eval_impl)
+            self._eval_fn = tf.function(self._eval_impl, autograph=False)
         total_loss = total_acc = 0.0
         n = 0
         for x, y in dataset:

@@ -1,0 +1,175 @@
+"""``search.py``: architecture search (DARTS; ENAS later), resumably.
+
+Examples::
+
+    python search.py --method darts --order 1 --preset small --dataset folder:../shared/data/cifar10-mini
+    python search.py --method darts --order 2 --hessian exact --preset small --epochs 1 \\
+        --dataset folder:../shared/data/cifar10-mini --out runs/darts-o2
+    python search.py --method darts --preset paper --dry-run --json
+    python search.py --out runs/darts-o2 --resume
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+from tfnas.cli.common import ArgumentParser, UsageError, print_json, run_cli
+
+# flag -> setting (SearchSettings field or DartsConfig field), with its type and help
+_OVERRIDES = {
+    "epochs": (int, "search epochs"),
+    "batch_size": (int, "batch size of each half (weights and alphas)"),
+    "init_channels": (int, "initial channels C of the search network"),
+    "layers": (int, "number of search cells"),
+    "steps_per_epoch": (int, "mini-batch pairs per epoch (0: the whole weight half)"),
+    "eval_batches": (int, "alpha-split evaluation batches per epoch (0: all)"),
+    "learning_rate": (float, "weights: initial SGD learning rate (cosine to --learning-rate-min)"),
+    "learning_rate_min": (float, "weights: final learning rate"),
+    "momentum": (float, "weights: SGD momentum"),
+    "weight_decay": (float, "weights: L2 weight decay in the gradient"),
+    "grad_clip": (float, "weights: global gradient-norm clip"),
+    "arch_learning_rate": (float, "alphas: Adam learning rate"),
+    "arch_weight_decay": (float, "alphas: L2 weight decay in the gradient"),
+}
+
+
+def build_parser() -> ArgumentParser:
+    p = ArgumentParser(
+        prog="search.py",
+        description="Search a cell with DARTS (first or second order) and write the derived "
+                    "genotype every epoch. Search accuracy is not final accuracy: re-train the "
+                    "result from scratch with train.py --genotype <run>/genotype.json.")
+    p.add_argument("--method", choices=("darts", "enas"), default="darts",
+                   help="search method (enas: not implemented yet)")
+    p.add_argument("--order", type=int, choices=(1, 2), default=None,
+                   help="1: first-order DARTS; 2: unrolled (second-order) alpha gradient")
+    p.add_argument("--hessian", choices=("fd", "exact"), default=None,
+                   help="second order: fd (reference finite differences, default) or exact "
+                        "(differentiate through the virtual step)")
+    p.add_argument("--preset", choices=("paper", "small"), default=None,
+                   help="paper (50 epochs, batch 64, C=16, 8 layers) or small (minutes on a "
+                        "2-core CPU: C=8, 5 layers, 3 epochs of 10 batch pairs of 32); default small")
+    p.add_argument("--space", choices=("darts", "enas"), default=None,
+                   help="cell space: darts (8 ops, 4 nodes) or enas (5 ops, 5 nodes, loose ends)")
+    p.add_argument("--nodes", type=int, default=None,
+                   help="intermediate nodes per cell (default: the space's, 4 for darts)")
+    for name, (kind, text) in _OVERRIDES.items():
+        p.add_argument("--" + name.replace("_", "-"), type=kind, default=None, help=text)
+    p.add_argument("--dataset", default=None,
+                   help="cifar10, cifar100 (prepared tfds data) or folder:PATH with train/ and "
+                        "test/ class sub-folders (default cifar10); the train split is halved")
+    p.add_argument("--data-dir", help="prepared tensorflow-datasets directory (cifar10/cifar100)")
+    p.add_argument("--seed", type=int, default=None, help="random seed (default 0)")
+    p.add_argument("--deterministic", action="store_true", default=None,
+                   help="bit-reproducible on CPU (op determinism)")
+    p.add_argument("--strategy", choices=("default", "mirrored"), default=None,
+                   help="tf.distribute strategy (mirrored: all local devices)")
+    p.add_argument("--cpu-devices", type=int, default=None,
+                   help="split the CPU into N logical devices (to try --strategy mirrored)")
+    p.add_argument("--out", help="run directory (default runs/search-darts-<time>)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the search in --out from its last checkpoint")
+    p.add_argument("--dry-run", action="store_true",
+                   help="build the search network and report its size; no data, no training")
+    p.add_argument("--json", action="store_true",
+                   help="print the summary as JSON on stdout (progress goes to stderr)")
+    return p
+
+
+def _settings_from_args(args):
+    from tfnas.search.loop import SearchSettings
+    overrides = {name: getattr(args, name) for name in _OVERRIDES}
+    overrides.update(order=args.order, hessian=args.hessian, space=args.space,
+                     dataset=args.dataset, data_dir=args.data_dir, seed=args.seed,
+                     deterministic=args.deterministic, strategy=args.strategy)
+    for name in ("epochs", "batch_size", "init_channels", "layers"):
+        if overrides[name] is not None and overrides[name] < 1:
+            raise UsageError(f"--{name.replace('_', '-')} must be >= 1")
+    for name in ("steps_per_epoch", "eval_batches"):
+        if overrides[name] is not None and overrides[name] < 0:
+            raise UsageError(f"--{name.replace('_', '-')} must be >= 0")
+    if args.nodes is not None:
+        from tfnas.space import SPACES
+        if args.nodes < 1:
+            raise UsageError("--nodes must be >= 1")
+        overrides["space"] = dict(SPACES[args.space or "darts"].to_dict(), num_nodes=args.nodes)
+    if args.hessian and args.order != 2:
+        raise UsageError("--hessian applies to --order 2 only")
+    try:
+        return SearchSettings.from_preset(args.preset or "small", **overrides)
+    except ValueError as err:
+        raise UsageError(str(err)) from None
+
+
+def _dry_run(settings):
+    from tfnas.search.loop import build_search_network
+    t0 = time.time()
+    model = build_search_network(settings, num_classes=10, image_shape=(32, 32, 3))
+    space = settings.cell_space
+    return {"weights": model.count_weights(), "alphas": model.count_alphas(),
+            "alpha_shape": list(model.alphas_normal.shape), "init_channels": settings.init_channels,
+            "layers": settings.layers, "num_classes": 10, "space": space.to_dict(),
+            "order": settings.darts["order"], "hessian": settings.darts["hessian"],
+            "weight_tensors": len(model.weight_variables), "build_seconds": round(time.time() - t0, 1)}
+
+
+def _main(argv=None):
+    args = build_parser().parse_args(argv)
+    if args.method == "enas":
+        raise UsageError("--method enas is not implemented yet (ENAS search is a later issue); "
+                         "use --method darts, or --method darts --space enas to search the "
+                         "ENAS cell space with DARTS")
+    if args.cpu_devices is not None:
+        if args.cpu_devices < 1:
+            raise UsageError("--cpu-devices must be >= 1")
+        from tfnas.runtime import split_cpu
+        try:
+            split_cpu(args.cpu_devices)
+        except RuntimeError as err:
+            raise UsageError(f"--cpu-devices must be set before TensorFlow starts: {err}") from None
+    from tfnas.runtime import configure_threads
+    configure_threads(1, 2)  # measured fastest for NAS cells on small CPUs
+
+    log = sys.stderr if args.json else sys.stdout
+    if args.resume:
+        if not args.out:
+            raise UsageError("--resume needs --out DIR (the run directory to continue)")
+        if args.dataset or args.preset or args.order or args.hessian:
+            raise UsageError("--resume continues the search as configured in its config.json; "
+                             "drop --dataset/--preset/--order/--hessian (--epochs may change)")
+        from tfnas.search.loop import run_darts_search, SearchSettings
+        settings = SearchSettings(epochs=args.epochs or 0) if args.epochs else None
+        summary = run_darts_search(settings, args.out, resume=True, log=log)
+    else:
+        settings = _settings_from_args(args)
+        if args.dry_run:
+            result = _dry_run(settings)
+            if args.json:
+                print_json(result)
+            else:
+                print(f"search network: {result['weights']:,} weights + {result['alphas']} alphas "
+                      f"(C={settings.init_channels}, {settings.layers} layers, {settings.space} space)")
+            return 0
+        from tfnas.search.loop import run_darts_search
+        out = args.out or os.path.join("runs", f"search-darts-{time.strftime('%Y%m%d-%H%M%S')}")
+        summary = run_darts_search(settings, out, resume=False, log=log)
+    if args.json:
+        print_json(summary)
+    else:
+        print(f"derived genotype ({summary['genotype_file']}):\n  {summary['repr']}")
+        print(f"normal cell: width {summary['normal_width']:g}c, depth {summary['normal_depth']}; "
+              f"reduction cell: width {summary['reduce_width']:g}c, depth {summary['reduce_depth']}")
+        print("Search accuracy is not final accuracy: the cell must be re-trained from scratch. "
+              "Run:")
+        print(f"  {summary['train_command']}")
+    return 0
+
+
+def main(argv=None) -> int:
+    return run_cli(_main, argv)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
