@@ -309,6 +309,35 @@ def test_batch_norm_second_derivatives_are_exact_in_differentiable_path(rng):
     assert np.abs(k_hvp[0] - k_fd[0]).max() > 1e-3 * np.abs(k_fd[0]).max()
 
 
+def _nested_hvp(bn, x, w, v_x, v_g):
+    with tf.GradientTape() as outer:
+        outer.watch(x)
+        with tf.GradientTape() as inner:
+            inner.watch(x)
+            loss = tf.reduce_sum(tf.sin(bn(x, training=True)) * w)
+        gx, gg = inner.gradient(loss, [x, bn.gamma])
+        dot = tf.reduce_sum(gx * v_x) + tf.reduce_sum(gg * v_g)
+    return [t.numpy() for t in outer.gradient(dot, [x, bn.gamma])]
+
+
+def test_batch_norm_fused_second_derivatives_match_float64(rng):
+    # TensorFlow's gradient of the fused gradient kernel is exact, so the fast
+    # path may serve HVPs and second-order DARTS in float32.
+    shape = (4, 3, 3, 5)
+    x, w, v_x = (rng.normal(size=shape) for _ in range(3))
+    v_g, gamma = rng.normal(size=5), rng.uniform(0.5, 2, 5)
+    results = []
+    for fused, dtype in [(True, "float32"), (None, "float64")]:
+        bn = ops.BatchNorm(fused=fused, dtype=dtype)
+        bn.build(shape)
+        bn.gamma.assign(gamma)
+        assert bn.uses_fused(True) is (fused is True)
+        c = lambda a: tf.constant(a, dtype)  # noqa: E731
+        results.append(_nested_hvp(bn, c(x * 2 + 1), c(w), c(v_x), c(v_g)))
+    for a, b in zip(*results):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5 * np.abs(b).max())
+
+
 def test_batch_norm_fused_gradient_is_close_to_exact(rng):
     x = tf.constant((rng.normal(size=(4, 4, 4, 3)) * 2 + 1).astype(np.float32))
     results = []

@@ -73,17 +73,21 @@ class BatchNorm(keras.layers.Layer):
     Two training-mode paths compute the same function:
 
     * **fused** — ``tf.nn.fused_batch_norm`` forward and its fused gradient
-      kernel: fastest on CPU (≈1.25× for a whole training step).  Its first
-      derivatives are float32-accurate to only ~1e-2·‖g‖ overall on a DARTS
-      network (see docs/benchmarks.md) and its second derivative is not the
-      exact one.  Used when ``fused=True``, or when ``fused=None`` (default)
-      and the compute dtype is float32/float16/bfloat16.
-    * **differentiable** — ``mean``, ``mean((x - mean)²)`` and the affine map
-      written as plain TF ops, differentiable to any order (the batch
-      variance depends on the mean, unlike Keras' own BN, which stops the
-      gradient there).  Used when ``fused=False`` and always under float64.
-      Probes and second-order DARTS must use it: call
-      :func:`set_batch_norm_fused(model, False)` before tracing.
+      kernel: fastest on CPU (~1.25x for a whole training step).  Used when
+      ``fused=True``, or when ``fused=None`` (default) and the compute dtype
+      is float32/float16/bfloat16.  Its gradients are float32-accurate and
+      TensorFlow's registered gradient of the fused gradient kernel is exact,
+      so nested-tape second derivatives (HVPs, second-order DARTS) are right
+      too (both tested against float64).
+    * **differentiable** — ``mean``, ``mean((x - mean)^2)`` and the affine map
+      as plain TF ops, differentiable to any order.  Used when ``fused=False``
+      and always under a float64 policy (the fused kernel has no float64).
+      Its float32 forward is ~2x more precise than the fused kernel's.
+
+    Unlike Keras' own BatchNormalization, whose batch variance stops the
+    gradient through the mean (right first derivatives, wrong second
+    derivatives), both paths differentiate the variance through the mean.
+    :func:`set_batch_norm_fused` switches every BN of a model.
 
     Inference mode is the affine map with the moving statistics (plain ops,
     differentiable) on both paths.
