@@ -1,5 +1,7 @@
 """Bilevel DARTS steps and hypergradients on a tiny hand-written mixed model."""
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -56,6 +58,34 @@ def _tiny_search(config, dtype="float64"):
     return model, search
 
 
+class _Tiny:
+    """One tiny search per module (its traced functions are reused); every
+    test starts from the same variable values."""
+
+    def __init__(self, fd_radius):
+        self.model, self.search = _tiny_search(DartsConfig(order=2, hessian="exact",
+                                                           fd_radius=fd_radius))
+        self.variables = (list(self.model.variables) + list(self.search.weight_optimizer.buffers)
+                          + list(self.search.arch_optimizer.variables))
+        self.values = [v.numpy() for v in self.variables]
+
+    def reset(self, **config):
+        for var, value in zip(self.variables, self.values):
+            var.assign(value)
+        self.search.config = replace(self.search.config, **config)
+        return self.model, self.search
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return _Tiny(fd_radius=1e-7)
+
+
+@pytest.fixture(scope="module")
+def tiny_reference_radius():
+    return _Tiny(fd_radius=0.01)
+
+
 def _independent_unrolled(model, search, train, val):
     """∇α L_val(w') − ξ·∇α⟨∇w L_train(w), v⟩ with variables assigned in eager
     mode and an exact (double-backprop) mixed second derivative."""
@@ -85,8 +115,8 @@ def _independent_unrolled(model, search, train, val):
     return [(d - xi * m).numpy() for d, m in zip(d_alpha, mixed)]
 
 
-def test_exact_hypergradient_matches_independent_computation():
-    model, search = _tiny_search(DartsConfig(order=2, hessian="exact"))
+def test_exact_hypergradient_matches_independent_computation(tiny):
+    model, search = tiny.reset()
     train, val = _batches()
     exact = search.alpha_gradient(train, val)
     independent = _independent_unrolled(model, search, train, val)
@@ -96,22 +126,23 @@ def test_exact_hypergradient_matches_independent_computation():
     assert np.abs(exact[0] - first[0]).max() > 1e-4
 
 
-def test_finite_difference_matches_exact_in_float64():
-    model, search = _tiny_search(DartsConfig(order=2, hessian="fd", fd_radius=1e-7))
+def test_finite_difference_matches_exact_in_float64(tiny):
+    model, search = tiny.reset()
     train, val = _batches(seed=1)
-    fd = search.alpha_gradient(train, val)
+    fd = search.alpha_gradient(train, val, hessian="fd")
     exact = search.alpha_gradient(train, val, hessian="exact")
     np.testing.assert_allclose(fd[0], exact[0], rtol=1e-6, atol=1e-9)
 
 
-def test_reference_radius_is_divided_by_two_epsilon():
+def test_reference_radius_is_divided_by_two_epsilon(tiny, tiny_reference_radius):
     # With the reference ε = 0.01/‖v‖ on a smooth model, the central difference
     # is accurate to O(ε²); getting the 2ε wrong would be off by a factor 4.
-    model, search = _tiny_search(DartsConfig(order=2, hessian="fd"))
+    _, search = tiny.reset()
     train, val = _batches(seed=2)
     first = search.alpha_gradient(train, val, order=1)
-    fd = search.alpha_gradient(train, val)
     exact = search.alpha_gradient(train, val, hessian="exact")
+    _, reference = tiny_reference_radius.reset()
+    fd = reference.alpha_gradient(train, val, hessian="fd")
     fd_term, exact_term = fd[0] - first[0], exact[0] - first[0]
     assert np.abs(exact_term).max() > 1e-5
     np.testing.assert_allclose(fd[0], exact[0], rtol=1e-3, atol=1e-3 * np.abs(exact_term).max())
@@ -136,8 +167,8 @@ def test_reference_adam_matches_pytorch_formulas():
 
 
 @pytest.mark.parametrize("order,hessian", [(1, "fd"), (2, "fd"), (2, "exact")])
-def test_search_step_updates_alphas_then_weights(order, hessian):
-    model, search = _tiny_search(DartsConfig(order=order, hessian=hessian))
+def test_search_step_updates_alphas_then_weights(tiny, order, hessian):
+    model, search = tiny.reset(order=order, hessian=hessian)
     train, val = _batches(seed=3)
     expected_alpha_grad = search.alpha_gradient(train, val)
     alphas0 = model.alphas.numpy().copy()

@@ -89,7 +89,7 @@ def test_batch_norm_second_derivatives():
 @pytest.fixture(scope="module")
 def tiny_supernet_search():
     keras.utils.set_random_seed(3)
-    space = CellSpace(DARTS_OPS, num_nodes=2, concat="all")
+    space = CellSpace(DARTS_OPS, num_nodes=1, concat="all")
     model = SearchNetwork(C=4, layers=3, num_classes=3, space=space, dtype="float64",
                           alpha_seed=0)
     model.build_for((8, 8, 3))

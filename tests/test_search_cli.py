@@ -1,0 +1,97 @@
+"""search.py: usage errors, dry run, a killed-and-resumed deterministic search,
+and train.py accepting the derived genotype."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tfnas.cli.search import main
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# A tiny search: 1-node cells (all 8 DARTS operations on each edge), C=4, 3 layers.
+TINY = ["--method", "darts", "--order", "1", "--nodes", "1", "--init-channels", "4",
+        "--layers", "3", "--batch-size", "8", "--steps-per-epoch", "2", "--eval-batches", "1",
+        "--deterministic", "--seed", "3"]
+
+
+def test_enas_method_is_a_clear_error(capsys):
+    assert main(["--method", "enas"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --method enas is not implemented yet")
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--resume"], "--resume needs --out"),
+    (["--order", "1", "--hessian", "exact"], "--hessian applies to --order 2 only"),
+    (["--epochs", "0"], "--epochs must be >= 1"),
+    (["--dataset", "folder:/nonexistent/data", "--out", "unused"], "error:"),
+])
+def test_bad_input_is_one_line(argv, message, capsys, tmp_path):
+    argv = [a if a != "unused" else str(tmp_path / "run") for a in argv]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert message in err[-1] and "Traceback" not in "\n".join(err)
+
+
+def test_dry_run_json_reports_sizes(capsys):
+    assert main(["--method", "darts", "--dry-run", "--json", "--nodes", "2",
+                 "--init-channels", "4", "--layers", "3"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["alphas"] == 2 * 5 * 8  # 2 cell types x 5 edges x 8 operations
+    assert out["alpha_shape"] == [5, 8]
+    assert out["weights"] > 0 and out["space"]["num_nodes"] == 2
+
+
+def _final_alphas(run_dir):
+    with open(os.path.join(run_dir, "metrics.jsonl")) as fh:
+        records = [json.loads(line) for line in fh if line.strip()]
+    return records, records[-1]["alphas_raw"]
+
+
+@pytest.mark.slow
+def test_killed_search_resumes_to_the_same_alphas(tmp_path, cifar_mini, capsys):
+    data = ["--dataset", f"folder:{cifar_mini}"]
+    straight = str(tmp_path / "straight")
+    assert main(TINY + data + ["--epochs", "2", "--out", straight, "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert "not final accuracy" in summary["note"]
+    assert summary["train_command"].startswith(
+        f"python train.py --genotype {os.path.join(straight, 'genotype.json')}")
+
+    # The same search in a process killed once its first checkpoint is written.
+    killed = str(tmp_path / "killed")
+    proc = subprocess.Popen([sys.executable, os.path.join(REPO, "search.py")] + TINY + data
+                            + ["--epochs", "2", "--out", killed],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=REPO)
+    latest = os.path.join(killed, "checkpoints", "latest")
+    deadline = time.time() + 600
+    while not os.path.exists(latest) and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert os.path.exists(latest)
+    assert main(["--out", killed, "--resume"]) == 0
+    out = capsys.readouterr().out
+    assert "resumed" in out or "nothing" in out or "epoch 2/2" in out
+
+    records, resumed_alphas = _final_alphas(killed)
+    _, straight_alphas = _final_alphas(straight)
+    assert [r["epoch"] for r in records] == [0, 1]
+    assert resumed_alphas == straight_alphas  # bit-identical
+    assert straight_alphas != records[0]["alphas_raw"]  # and they did change in epoch 2
+
+    # train.py accepts the derived genotype file.
+    from tfnas.cli.train import _config_from_args, build_parser
+    genotype_file = os.path.join(straight, "genotype.json")
+    config, genotype = _config_from_args(build_parser().parse_args(
+        ["--genotype", genotype_file, "--dataset", f"folder:{cifar_mini}"]))
+    assert genotype.to_dict() == summary["genotype"]
+    assert os.path.isfile(os.path.join(straight, "genotypes", "epoch_002.json"))
+    with open(os.path.join(straight, "genotype.txt")) as fh:
+        assert fh.read().startswith("Genotype(normal=")
+    assert os.listdir(os.path.join(straight, "tb", "search"))
