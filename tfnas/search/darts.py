@@ -285,7 +285,9 @@ class BilevelSearch:
         self.arch_optimizer.apply(ga, self.alpha_vars)
         gw, loss, acc, state = self._run_mean(self._weight_grads_replica, xt, yt)
         gw, grad_norm = clip_by_global_norm_like_torch(gw, cfg.grad_clip)
-        self.weight_optimizer.apply(gw, self.weight_vars)
+        # training.ReferenceSGD applies from replica context (merge_call); the
+        # gradients are already reduced, so every replica passes the same ones.
+        self.strategy.run(lambda g: self.weight_optimizer.apply(g, self.weight_vars), args=(gw,))
         for var, value in zip(self.state_vars, state):
             var.assign(value)
         return {"loss": loss, "acc": acc, "alpha_loss": val_loss, "alpha_acc": val_acc,
