@@ -105,7 +105,7 @@ class TrainConfig:
     intra_op_threads: int | None = None
     inter_op_threads: int | None = None
     histogram_every: int = 10       # weight histograms every N epochs (and the last)
-    stem: str = "cifar"
+    stem: str = "auto"              # cifar | imagenet64 | auto (imagenet64 for 64x64 images)
     # Filled in by train(): the resolved genotype and the dataset's description.
     genotype_resolved: dict = field(default_factory=dict)
 
@@ -132,6 +132,8 @@ class TrainConfig:
             problems.append(f"momentum must be in [0, 1) (got {self.momentum})")
         if self.weight_decay < 0 or self.grad_clip <= 0 or self.cutout < 0:
             problems.append("weight_decay and cutout must be >= 0 and grad_clip > 0")
+        if self.stem not in ("auto", "cifar", "imagenet64"):
+            problems.append(f"stem must be auto, cifar or imagenet64 (got {self.stem!r})")
         if self.strategy not in STRATEGIES:
             problems.append(f"strategy must be one of {', '.join(STRATEGIES)} (got {self.strategy!r})")
         if problems:
@@ -489,6 +491,8 @@ def train(config: TrainConfig, out_dir: str, *, resume: bool = False, export_dir
     data = data_lib.open_dataset(config.dataset, config.data_dir, validation=config.validation)
     info = data.info
     h, w, c = info.image_shape
+    if config.stem == "auto":
+        config.stem = "imagenet64" if (h, w) == (64, 64) else "cifar"
     stem = config.stem
     _log(log, data_lib.describe(info))
 
@@ -499,8 +503,8 @@ def train(config: TrainConfig, out_dir: str, *, resume: bool = False, export_dir
         trainer = Trainer(model, strategy, lr=config.lr, momentum=config.momentum,
                           weight_decay=config.weight_decay, grad_clip=config.grad_clip,
                           auxiliary_weight=config.auxiliary_weight)
-    counts = parameter_counts(genotype, config.init_channels, config.layers, info.num_classes) \
-        if stem == "cifar" else {"params": count_parameters(model), "params_auxiliary": None}
+    # built count for the network trained; the head's size does not depend on the stem
+    counts = parameter_counts(genotype, config.init_channels, config.layers, info.num_classes)
     counts["params"] = count_parameters(model, auxiliary=False)
     _log(log, f"genotype {genotype.name or '(unnamed)'}: C={config.init_channels}, {config.layers} layers; "
               f"parameters without the auxiliary head: {counts['params']:,} (the reference's 'param size'); "

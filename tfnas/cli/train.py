@@ -61,6 +61,9 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--auxiliary", dest="auxiliary", action="store_true", default=None,
                    help="train with the auxiliary head")
     p.add_argument("--no-auxiliary", dest="auxiliary", action="store_false")
+    p.add_argument("--stem", choices=("auto", "cifar", "imagenet64"), default=None,
+                   help="network stem: cifar (stride 1), imagenet64 (stride 2, for 64x64 images); "
+                        "default auto (by image size)")
     p.add_argument("--seed", type=int, default=None, help="random seed (default 0)")
     p.add_argument("--deterministic", action="store_true", default=None,
                    help="bit-reproducible on CPU (op determinism; slower)")
@@ -88,7 +91,7 @@ def _config_from_args(args):
     genotype = resolve_genotype(args.genotype)
     overrides = {name: getattr(args, name) for name in _OVERRIDES}
     overrides.update(auxiliary=args.auxiliary, seed=args.seed, deterministic=args.deterministic,
-                     strategy=args.strategy, data_dir=args.data_dir)
+                     strategy=args.strategy, data_dir=args.data_dir, stem=args.stem)
     config = TrainConfig.from_preset(args.preset or "small", genotype=args.genotype,
                                      dataset=args.dataset or "cifar10", **overrides)
     config.genotype_resolved = {**genotype.to_dict(), "name": genotype.name}
