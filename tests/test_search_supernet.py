@@ -30,8 +30,9 @@ def test_enas_space_is_a_configuration():
     model = SearchNetwork(C=4, layers=3, num_classes=5, space=ENAS_SPACE).build_for((8, 8, 3))
     assert model.alphas_normal.shape == (20, 5)
     assert all(len(edge.ops) == 5 for edge in model.cells[0].edges)  # no 'none' in ENAS
-    logits = model(tf.zeros((2, 8, 8, 3)), training=True)
-    assert logits.shape == (2, 5)
+    # the supernet concatenates all 5 nodes; derivation applies the loose-ends rule
+    assert model.cells[-1].compute_output_shape((2, 4, 4, 24), (2, 4, 4, 24))[-1] == 5 * 16
+    assert model.classifier.kernel.shape == (5 * 16, 5)
 
 
 def test_mixed_op_skips_none_without_changing_the_result():
