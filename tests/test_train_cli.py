@@ -11,6 +11,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 
 import numpy as np
@@ -64,15 +65,70 @@ def tiny_data(tmp_path_factory, cifar_mini):
     return str(root)
 
 
+def _launch(args, log_path, **env):
+    out, err = open(log_path + ".out", "w"), open(log_path, "w")
+    proc = subprocess.Popen([sys.executable, TRAIN_PY, *args], stdout=out, stderr=err,
+                            env=_env(**env), cwd=REPO)
+    return proc, (out, err)
+
+
 @pytest.fixture(scope="session")
-def full_run(tiny_data, tmp_path_factory):
-    base = tmp_path_factory.mktemp("full-run")
-    out, export = str(base / "run"), str(base / "export")
-    proc = _train(["--genotype", LIGHT_GENOTYPE, "--dataset", f"folder:{tiny_data}", *TINY,
-                   "--deterministic", "--out", out, "--export-dir", export, "--json"])
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return {"out": out, "export": export, "summary": json.loads(proc.stdout), "log": proc.stderr,
-            "data": tiny_data}
+def runs(tiny_data, tmp_path_factory):
+    """Start the uninterrupted, the to-be-killed and the mirrored runs at once:
+    start-up and tracing are single-threaded, so they overlap well on 2 cores.
+    A watcher SIGKILLs the second run as soon as its first checkpoint exists."""
+    base = tmp_path_factory.mktemp("runs")
+    common = ["--genotype", LIGHT_GENOTYPE, "--dataset", f"folder:{tiny_data}", *TINY]
+    paths = {name: str(base / name) for name in ("full", "killed", "mirrored")}
+    export = str(base / "export")
+    procs = {
+        "full": _launch([*common, "--deterministic", "--out", paths["full"], "--export-dir", export,
+                         "--json"], str(base / "full.log")),
+        "killed": _launch([*common, "--deterministic", "--out", paths["killed"], "--no-export"],
+                          str(base / "killed.log")),
+        "mirrored": _launch([*common, "--strategy", "mirrored", "--cpu-devices", "2", "--out",
+                             paths["mirrored"], "--no-export", "--json"], str(base / "mirrored.log")),
+    }
+    killed = {}
+
+    def watch():
+        proc = procs["killed"][0]
+        latest = os.path.join(paths["killed"], "checkpoints", "latest")
+        while proc.poll() is None and not os.path.exists(latest):
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        killed["returncode"] = proc.returncode
+        killed["epochs_logged"] = len(_metrics(paths["killed"])) if os.path.exists(
+            os.path.join(paths["killed"], "metrics.jsonl")) else 0
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    info = {"paths": paths, "export": export, "data": tiny_data, "procs": procs, "killed": killed,
+            "watcher": watcher, "logs": {n: str(base / f"{n}.log") for n in procs}}
+    yield info
+    for proc, files in procs.values():
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        for f in files:
+            f.close()
+
+
+def _finish(runs, name, timeout=420):
+    """Wait for a launched run; its (stdout, stderr)."""
+    proc, _ = runs["procs"][name]
+    proc.wait(timeout=timeout)
+    out, err = open(runs["logs"][name] + ".out").read(), open(runs["logs"][name]).read()
+    assert proc.returncode == 0, err[-3000:]
+    return out, err
+
+
+@pytest.fixture(scope="session")
+def full_run(runs):
+    out, err = _finish(runs, "full")
+    return {"out": runs["paths"]["full"], "export": runs["export"], "summary": json.loads(out),
+            "log": err, "data": runs["data"]}
 
 
 @pytest.mark.slow
@@ -121,20 +177,12 @@ def test_saved_model_predictions_match_logged_accuracy(full_run):
 
 
 @pytest.mark.slow
-def test_sigkill_then_resume_matches_uninterrupted(full_run, tmp_path):
-    out = str(tmp_path / "killed")
-    args = ["--genotype", LIGHT_GENOTYPE, "--dataset", f"folder:{full_run['data']}", *TINY,
-            "--deterministic", "--out", out, "--no-export"]
-    proc = subprocess.Popen([sys.executable, TRAIN_PY, *args], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, env=_env(), cwd=REPO)
-    latest = os.path.join(out, "checkpoints", "latest")
-    deadline = time.time() + 400
-    while not os.path.exists(latest) and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait(timeout=30)
-    assert proc.returncode == -signal.SIGKILL, "the run ended before it could be killed"
-    assert len(_metrics(out)) < EPOCHS
+def test_sigkill_then_resume_matches_uninterrupted(runs, full_run):
+    runs["watcher"].join(timeout=420)
+    killed = runs["killed"]
+    assert killed["returncode"] == -signal.SIGKILL, "the run ended before it could be killed"
+    assert killed["epochs_logged"] < EPOCHS
+    out = runs["paths"]["killed"]
     resumed = _train(["--out", out, "--resume", "--no-export"])
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "resumed from" in resumed.stdout
@@ -145,14 +193,11 @@ def test_sigkill_then_resume_matches_uninterrupted(full_run, tmp_path):
 
 
 @pytest.mark.slow
-def test_mirrored_two_devices_tracks_single_device(full_run, tmp_path):
-    out = str(tmp_path / "mirrored")
-    proc = _train(["--genotype", LIGHT_GENOTYPE, "--dataset", f"folder:{full_run['data']}", *TINY,
-                   "--strategy", "mirrored", "--cpu-devices", "2", "--out", out, "--no-export", "--json"])
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    summary = json.loads(proc.stdout)
+def test_mirrored_two_devices_tracks_single_device(runs, full_run):
+    summary = json.loads(_finish(runs, "mirrored")[0])
     assert summary["trace_counts"] == {"train": 1, "eval": 1}
-    single, mirrored = _metrics(full_run["out"]), _metrics(out)
+    single, mirrored = _metrics(full_run["out"]), _metrics(runs["paths"]["mirrored"])
+    assert len(mirrored) == EPOCHS
     for a, b in zip(single, mirrored):
         # same global batch and data order; only per-replica BN statistics and
         # drop-path masks differ
