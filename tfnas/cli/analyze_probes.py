@@ -38,8 +38,9 @@ def register(subparsers) -> None:
     hessian.add_argument("--trace", action="store_true", help="also estimate the trace (Hutchinson)")
     hessian.add_argument("--density", action="store_true", help="also the spectral density (SLQ) and its plot")
     hessian.add_argument("--density-steps", type=int, default=80, help="Lanczos steps per SLQ run (default 80)")
-    hessian.add_argument("--hvp-mode", choices=("forward_over_back", "back_over_back"),
-                         default="forward_over_back")
+    hessian.add_argument("--hvp-mode", choices=("back_over_back", "forward_over_back"),
+                         default="back_over_back",
+                         help="nested GradientTapes (default, measured cheaper) or ForwardAccumulator")
     hessian.set_defaults(func=run_hessian)
 
     gradvar = subparsers.add_parser(

@@ -138,6 +138,11 @@ class ModelLoss:
     """Mean loss of ``model`` on a batch, its gradient and Hessian-vector
     products with respect to ``variables``, as compiled functions.
 
+    ``hvp_mode``: ``"back_over_back"`` (default: nested GradientTapes; on
+    NetworkCIFAR measured cheaper, see docs/benchmarks.md) or
+    ``"forward_over_back"`` (``tf.autodiff.ForwardAccumulator`` over the
+    gradient); both exact, both compiled.
+
     ``loss_fn(y_true, y_pred)`` follows the Keras convention; its output
     (per-example or already reduced) is averaged over the batch.  Over
     several batches, values are weighted by batch size, i.e. they are those
@@ -146,7 +151,7 @@ class ModelLoss:
     """
 
     def __init__(self, model, loss_fn, variables=None, training: bool = False,
-                 hvp_mode: str = "forward_over_back", accuracy="auto"):
+                 hvp_mode: str = "back_over_back", accuracy="auto"):
         if hvp_mode not in HVP_MODES:
             raise ProbeError(f"hvp_mode must be one of {HVP_MODES}, not {hvp_mode!r}")
         if not callable(loss_fn):

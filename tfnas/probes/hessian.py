@@ -225,12 +225,12 @@ class HessianProbe:
     ``variables``: all trainable (default) or a subset (variables, layers or
     paths).  ``training=False`` probes BN in inference mode; ``True`` uses
     batch statistics (the model's moving statistics are still left as they
-    were).  ``hvp_mode``: ``"forward_over_back"`` (default, faster) or
-    ``"back_over_back"``.
+    were).  ``hvp_mode``: ``"back_over_back"`` (default; cheaper on NetworkCIFAR,
+    see docs/benchmarks.md) or ``"forward_over_back"``.
     """
 
     def __init__(self, model, loss_fn, data, variables=None, training: bool = False,
-                 hvp_mode: str = "forward_over_back", max_batches: int | None = None, seed=0):
+                 hvp_mode: str = "back_over_back", max_batches: int | None = None, seed=0):
         self.loss = ModelLoss(model, loss_fn, variables, training=training, hvp_mode=hvp_mode)
         self.batches = as_batches(data, max_batches)
         self.rng = np.random.default_rng(seed)
