@@ -48,7 +48,6 @@ def main():
 
     configure_threads(args.intra, args.inter)
     import keras
-    import numpy as np
     import tensorflow as tf
     from tfnas import data as data_lib
     from tfnas.networks import NetworkCIFAR, count_parameters

@@ -469,14 +469,13 @@ def train(config: TrainConfig, out_dir: str, *, resume: bool = False, export_dir
         stored.strategy = config.strategy
         config = stored
     config.validate()
-    genotype = resolve_genotype(config.genotype_resolved or config.genotype) \
-        if not config.genotype_resolved else _genotype_from_dict(config.genotype_resolved)
+    genotype = _genotype_from_dict(config.genotype_resolved) if config.genotype_resolved \
+        else resolve_genotype(config.genotype)
     config.genotype_resolved = {**genotype.to_dict(), "name": genotype.name}
 
     # Process-level TF settings come before any op.
     runtime.configure_threads(config.intra_op_threads, config.inter_op_threads)
     import keras
-    import numpy as np
     import tensorflow as tf
     if config.deterministic:
         tf.config.experimental.enable_op_determinism()

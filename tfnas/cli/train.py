@@ -9,7 +9,6 @@ Examples::
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import sys
