@@ -245,7 +245,10 @@ def run_darts_search(settings: SearchSettings, out_dir: str, *, resume: bool = F
                           f"alpha-split loss {sums['alpha_loss'] / steps:.3f}")
         if steps == 0:
             raise ValueError(f"dataset {settings.dataset} gives no batch of {settings.batch_size}")
-        eval_ds = data.dataset("train_b", settings.batch_size, shuffle=False)
+        # A fixed shuffled order: folder datasets are stored class by class, so
+        # the first --eval-batches of an unshuffled split would be one class.
+        eval_ds = data.dataset("train_b", settings.batch_size, shuffle=True,
+                               seed=settings.seed + 2, epoch=0)
         evaluation = search.evaluate(distribute(eval_ds), max_batches=settings.eval_batches or None)
         softmaxed = model.softmax_alphas()
         genotype = derive_genotype(model.alphas_normal.numpy(), model.alphas_reduce.numpy(), space,
