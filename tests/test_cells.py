@@ -1,9 +1,6 @@
 """Evaluation cell wiring, reduction, drop path."""
 
 import numpy as np
-import pytest
-
-import keras
 import tensorflow as tf
 
 from tfnas import genotypes, ops

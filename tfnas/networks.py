@@ -191,8 +191,6 @@ class NetworkCIFAR(keras.Model):
 
     def call_with_aux(self, inputs, training=False):
         """``(logits, aux_logits or None)``; aux only with ``auxiliary`` and in training."""
-        if isinstance(training, bool) is False and training is not None:
-            training = bool(training)
         inputs = tf.cast(inputs, self.compute_dtype)
         return self._forward(inputs, bool(training), with_aux=True)
 
