@@ -65,6 +65,9 @@ def test_landscape_end_to_end_on_a_trained_run(tiny_folder, tmp_path, capsys):
     loss = np.array(result["landscape"]["loss"], dtype=float)
     assert loss.shape == (5, 5) and np.isfinite(loss).all() and loss.max() > loss[2, 2]
     assert result["num_examples"] == 24 and result["dataset"].startswith("folder:")
+    # The trained weights were restored: the centre is the run's own last test loss.
+    last = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()][-1]
+    assert abs(result["centre_loss"] - last["test_loss"]) < 1e-4 * max(1.0, last["test_loss"])
     assert os.listdir(run / "tb" / "probes")                 # TensorBoard summaries
     # Resume of a complete grid evaluates nothing and gives the same numbers.
     assert analyze.main(["landscape", str(run), "--points", "5", "--batch-size", "12", "--resume",
