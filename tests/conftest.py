@@ -25,3 +25,16 @@ def cifar_mini():
 @pytest.fixture(scope="session")
 def published_json():
     return PUBLISHED_JSON
+
+
+@pytest.fixture(scope="session", autouse=True)
+def private_cache(tmp_path_factory):
+    """Keep the decoded-image cache of the test session (and of the CLI
+    subprocesses it starts) out of the user's home."""
+    old = os.environ.get("TFNAS_CACHE_DIR")
+    os.environ["TFNAS_CACHE_DIR"] = str(tmp_path_factory.mktemp("tfnas-cache"))
+    yield
+    if old is None:
+        os.environ.pop("TFNAS_CACHE_DIR", None)
+    else:
+        os.environ["TFNAS_CACHE_DIR"] = old

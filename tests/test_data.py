@@ -9,18 +9,6 @@ from tfnas import data
 from tfnas.data import DatasetError
 
 
-@pytest.fixture(scope="session", autouse=True)
-def _private_cache(tmp_path_factory):
-    # Keep the decoded-image cache of the test session out of the user's home.
-    old = os.environ.get("TFNAS_CACHE_DIR")
-    os.environ["TFNAS_CACHE_DIR"] = str(tmp_path_factory.mktemp("tfnas-cache"))
-    yield
-    if old is None:
-        os.environ.pop("TFNAS_CACHE_DIR", None)
-    else:
-        os.environ["TFNAS_CACHE_DIR"] = old
-
-
 @pytest.fixture(scope="session")
 def mini(cifar_mini):
     return data.open_dataset(f"folder:{cifar_mini}", validation=1000)

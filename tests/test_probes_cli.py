@@ -23,17 +23,6 @@ def tiny_folder(cifar_mini, tmp_path_factory):
     return root
 
 
-@pytest.fixture(scope="module", autouse=True)
-def private_cache(tmp_path_factory):
-    old = os.environ.get("TFNAS_CACHE_DIR")
-    os.environ["TFNAS_CACHE_DIR"] = str(tmp_path_factory.mktemp("cache"))
-    yield
-    if old is None:
-        os.environ.pop("TFNAS_CACHE_DIR", None)
-    else:
-        os.environ["TFNAS_CACHE_DIR"] = old
-
-
 @pytest.fixture(scope="module")
 def keras_file(tmp_path_factory):
     import keras
