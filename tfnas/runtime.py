@@ -94,7 +94,9 @@ def configure_threads(intra_op: int | None = None, inter_op: int | None = None) 
 
     On small CPUs, one intra-op thread and two inter-op threads were measured
     faster for NAS cells (many small independent ops) than the defaults.
-    ``None`` keeps TensorFlow's default.  Silently ignored once TF has
+    ``None`` keeps TensorFlow's default.  Do not shrink the inter-op pool
+    below a few threads when feeding from ``tf.data``: iterator ops block
+    inter-op threads, and a 2-thread pool was seen to deadlock here.  Silently ignored once TF has
     initialised its pools (it raises RuntimeError then).
     """
     import tensorflow as tf

@@ -67,15 +67,16 @@ PRESETS = {
     # The variant studies: same network, no cutout / aux / drop path.
     "study": dict(_REFERENCE, init_channels=36, layers=20, epochs=600, batch_size=96,
                   auxiliary=False, cutout=0, drop_path_prob=0.0),
-    # A 2-core CPU in under 30 minutes on cifar10-mini (10k images): DARTS
-    # train.py's defaults (no aux, no cutout, drop path 0.2) on a C=16,
-    # 8-layer network, batch 64; one intra-op and two inter-op threads (the
-    # faster setting for NAS cells on small CPUs).  22 epochs: a prototype
-    # reached 76.8% in ~28 epochs; measured step costs here leave ~65-75 s
-    # per epoch on a quiet 2-core machine.
-    "small": dict(_REFERENCE, init_channels=16, layers=8, epochs=22, batch_size=64,
-                  auxiliary=False, cutout=0, drop_path_prob=0.2,
-                  intra_op_threads=1, inter_op_threads=2),
+    # A 2-core CPU in under 30 minutes on cifar10-mini (10k images): a C=16,
+    # 8-layer network, batch 64, no aux, cutout or drop path (drop path slows
+    # a short run's convergence).  TensorFlow's default thread pools: a run
+    # with 1 intra-op / 2 inter-op threads deadlocked after 6 epochs while
+    # destroying a tf.data iterator (its ops block inter-op threads), and on a
+    # quiet machine the small pools were no faster.
+    # 16 epochs: a quiet 2-core machine measured ~0.58 s per batch-64 step,
+    # i.e. ~95 s per epoch with evaluation.
+    "small": dict(_REFERENCE, init_channels=16, layers=8, epochs=16, batch_size=64,
+                  auxiliary=False, cutout=0, drop_path_prob=0.0),
 }
 STRATEGIES = ("default", "mirrored", "multiworker")
 
@@ -90,7 +91,7 @@ class TrainConfig:
     preset: str = "small"
     init_channels: int = 16
     layers: int = 8
-    epochs: int = 22
+    epochs: int = 16
     batch_size: int = 64
     eval_batch_size: int = 256
     lr: float = 0.025

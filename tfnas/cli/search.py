@@ -130,7 +130,10 @@ def _main(argv=None):
         except RuntimeError as err:
             raise UsageError(f"--cpu-devices must be set before TensorFlow starts: {err}") from None
     from tfnas.runtime import configure_threads
-    configure_threads(1, 2)  # measured fastest for NAS cells on small CPUs
+    # One intra-op thread was measured faster for NAS cells on small CPUs; the
+    # inter-op pool keeps its default size (a 2-thread pool can deadlock
+    # tf.data iterators, whose ops block inter-op threads).
+    configure_threads(1, None)
 
     log = sys.stderr if args.json else sys.stdout
     if args.resume:
