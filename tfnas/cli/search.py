@@ -130,10 +130,10 @@ def _main(argv=None):
         except RuntimeError as err:
             raise UsageError(f"--cpu-devices must be set before TensorFlow starts: {err}") from None
     from tfnas.runtime import configure_threads
-    # One intra-op thread was measured faster for NAS cells on small CPUs; the
-    # inter-op pool keeps its default size (a 2-thread pool can deadlock
-    # tf.data iterators, whose ops block inter-op threads).
-    configure_threads(1, None)
+    # Measured fastest for NAS cells on small CPUs.  Note: a 2-thread inter-op
+    # pool deadlocked a long train.py run inside tf.data iterator clean-up;
+    # the search loop has not shown it, but watch for it (docs/benchmarks.md).
+    configure_threads(1, 2)
 
     log = sys.stderr if args.json else sys.stdout
     if args.resume:
