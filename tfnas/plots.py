@@ -14,6 +14,7 @@ import math
 import os
 
 import matplotlib
+import matplotlib.ticker
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
@@ -152,6 +153,9 @@ def plot_contour(x, y, z, path=None, title=None, zlabel="loss", levels=15, log=N
     ax.plot([0], [0], marker="*", color="#e74c3c", markersize=9, markeredgecolor="white",
             markeredgewidth=0.6, linestyle="none")
     bar = fig.colorbar(filled, ax=ax, shrink=0.9)
+    # plain numbers on the bar, not "2.9x10^0" (the log norm's default)
+    bar.ax.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:.3g}"))
+    bar.ax.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     bar.set_label(zlabel)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
