@@ -271,17 +271,20 @@ def _place_labels(ax, cell: Cell, pos: dict, rads: list) -> None:
         blocked.append(best[2])
 
 
-def save_figure(fig, path) -> str:
+def save_figure(fig, path, png_dpi: int = _PNG_DPI, rc: dict | None = None,
+                error=DiagramError) -> str:
+    """Save ``fig`` as PNG, SVG or PDF by the suffix of ``path`` (shared by
+    :mod:`tfnas.plots`, which passes its style and error type)."""
     path = os.fspath(path)
     suffix = os.path.splitext(path)[1].lower()
     if suffix not in SUPPORTED_SUFFIXES:
-        raise DiagramError(f"cannot write {path}: use a {', '.join(SUPPORTED_SUFFIXES)} file")
+        raise error(f"cannot write {path}: use a {', '.join(SUPPORTED_SUFFIXES)} file")
     directory = os.path.dirname(path)
     if directory:
         os.makedirs(directory, exist_ok=True)
     # SVG text stays text (editable, and much faster to write than glyph paths).
-    with matplotlib.rc_context({"svg.fonttype": "none"}):
-        fig.savefig(path, dpi=_PNG_DPI if suffix == ".png" else None, facecolor="white")
+    with matplotlib.rc_context({**(rc or {}), "svg.fonttype": "none"}):
+        fig.savefig(path, dpi=png_dpi if suffix == ".png" else None, facecolor="white")
     return path
 
 

@@ -19,7 +19,6 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-SUFFIXES = (".png", ".pdf", ".svg")
 PNG_DPI = 150
 STYLE = {
     "font.size": 9,
@@ -54,16 +53,8 @@ def _figure(width=5.0, height=3.6) -> Figure:
 
 def save_figure(fig: Figure, path) -> str:
     """Save ``fig`` to ``path`` (PNG at 150 dpi, PDF or SVG by suffix)."""
-    path = os.fspath(path)
-    suffix = os.path.splitext(path)[1].lower()
-    if suffix not in SUFFIXES:
-        raise PlotError(f"cannot write {path}: use a {', '.join(SUFFIXES)} file")
-    directory = os.path.dirname(path)
-    if directory:
-        os.makedirs(directory, exist_ok=True)
-    with matplotlib.rc_context({**STYLE, "svg.fonttype": "none", "pdf.fonttype": 42}):
-        fig.savefig(path, dpi=PNG_DPI if suffix == ".png" else None, facecolor="white")
-    return path
+    from tfnas.diagrams import save_figure as save
+    return save(fig, path, png_dpi=PNG_DPI, rc={**STYLE, "pdf.fonttype": 42}, error=PlotError)
 
 
 def _finish(fig, path):
