@@ -69,10 +69,8 @@ PRESETS = {
                   auxiliary=False, cutout=0, drop_path_prob=0.0),
     # A 2-core CPU in under 30 minutes on cifar10-mini (10k images): a C=16,
     # 8-layer network, batch 64, no aux, cutout or drop path (drop path slows
-    # a short run's convergence).  TensorFlow's default thread pools: a run
-    # with 1 intra-op / 2 inter-op threads deadlocked after 6 epochs while
-    # destroying a tf.data iterator (its ops block inter-op threads), and on a
-    # quiet machine the small pools were no faster.
+    # a short run's convergence).  Thread pools: see train() (the inter-op
+    # pool must not be small).
     # 16 epochs: a quiet 2-core machine measured ~0.58 s per batch-64 step,
     # i.e. ~95 s per epoch with evaluation.
     "small": dict(_REFERENCE, init_channels=16, layers=8, epochs=16, batch_size=64,
@@ -477,7 +475,12 @@ def train(config: TrainConfig, out_dir: str, *, resume: bool = False, export_dir
     config.genotype_resolved = {**genotype.to_dict(), "name": genotype.name}
 
     # Process-level TF settings come before any op.
-    runtime.configure_threads(config.intra_op_threads, config.inter_op_threads)
+    # tf.data iterator ops block inter-op threads: with TF's default pool of
+    # one thread per core (2 here) a long run deadlocked while an epoch's
+    # iterator was destroyed (seen twice, epochs 6 and 10); a larger pool is
+    # the documented work-around (TF issues #10369, #48418).
+    inter_op = config.inter_op_threads or max(8, 2 * (os.cpu_count() or 1))
+    runtime.configure_threads(config.intra_op_threads, inter_op)
     import keras
     import tensorflow as tf
     if config.deterministic:
