@@ -57,8 +57,11 @@ def _final_alphas(run_dir):
 def test_killed_search_resumes_to_the_same_alphas(tmp_path, cifar_mini, capsys):
     data = ["--dataset", f"folder:{cifar_mini}"]
     straight = str(tmp_path / "straight")
-    assert main(TINY + data + ["--epochs", "2", "--out", straight, "--json"]) == 0
-    summary = json.loads(capsys.readouterr().out)
+    run = subprocess.run([sys.executable, os.path.join(REPO, "search.py")] + TINY + data
+                         + ["--epochs", "2", "--out", straight, "--json"],
+                         capture_output=True, text=True, cwd=REPO, timeout=900)
+    assert run.returncode == 0, run.stderr
+    summary = json.loads(run.stdout)
     assert "not final accuracy" in summary["note"]
     assert summary["train_command"].startswith(
         f"python train.py --genotype {os.path.join(straight, 'genotype.json')}")
@@ -75,8 +78,13 @@ def test_killed_search_resumes_to_the_same_alphas(tmp_path, cifar_mini, capsys):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert os.path.exists(latest)
-    assert main(["--out", killed, "--resume"]) == 0
-    out = capsys.readouterr().out
+    # Resume in a fresh process too: search.py sets its thread pools at start,
+    # and float reductions depend on them, so every compared epoch must run
+    # under the same settings (the pytest process's TF is already set up).
+    resumed = subprocess.run([sys.executable, os.path.join(REPO, "search.py"), "--out", killed,
+                              "--resume"], capture_output=True, text=True, cwd=REPO, timeout=900)
+    assert resumed.returncode == 0, resumed.stderr
+    out = resumed.stdout
     assert "resumed" in out or "nothing" in out or "epoch 2/2" in out
 
     records, resumed_alphas = _final_alphas(killed)
