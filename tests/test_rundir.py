@@ -90,6 +90,24 @@ def test_mismatched_checkpoint(saved, case):
     assert "\n" not in str(err.value) and len(str(err.value)) < 400
 
 
+def test_partial_restore_takes_only_the_given_objects(saved):
+    run, model, _ = saved
+    other = _model()
+    # Without partial, a checkpoint holding more than given is a mismatch.
+    with pytest.raises(CheckpointError, match="rng"):
+        run.restore_checkpoint({"model": other})
+    state = run.restore_checkpoint({"model": other}, partial=True)
+    assert state["epoch"] == 3
+    for a, b in zip(model.weights, other.weights):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+    # Partial still checks what it restores, and that it exists.
+    with pytest.raises(CheckpointError, match="does not match"):
+        run.restore_checkpoint({"model": _model(width=5)}, partial=True)
+    with pytest.raises(CheckpointError, match="does not hold optimizer"):
+        run.restore_checkpoint({"model": _model(), "optimizer": tf.random.Generator.from_seed(0)},
+                               partial=True)
+
+
 def test_corrupt_checkpoint_fails_before_touching_variables(saved):
     run, _, _ = saved
     data_file = glob.glob(os.path.join(run.latest_checkpoint(), "ckpt.data-*"))[0]

@@ -300,14 +300,15 @@ class RunDir:
             raise CheckpointError(f"checkpoint {path} is corrupt ({_STATE_FILE}: {err})") from None
 
     def restore_checkpoint(self, trackables: dict, expect: dict | None = None,
-                           path: str | None = None) -> dict | None:
+                           path: str | None = None, partial: bool = False) -> dict | None:
         """Restore ``trackables`` from the latest (or given) checkpoint and
         return its state; ``None`` when the run has no checkpoint.
 
         Raises :class:`CheckpointError` when the checkpoint is corrupt or
         does not match: ``expect`` differs from the saved ``state["meta"]``,
-        a saved object is missing from ``trackables`` or has other
-        variables, or a variable has another shape."""
+        a saved object is missing from ``trackables`` (unless ``partial``:
+        then only the given objects are restored, e.g. the model without its
+        optimizer) or has other variables, or a variable has another shape."""
         import tensorflow as tf
 
         path = path or self.latest_checkpoint()
@@ -321,8 +322,11 @@ class RunDir:
                 raise CheckpointError(
                     f"checkpoint {path} does not match this run: {key} is {_short(have)} "
                     f"in the checkpoint but {_short(want)} now")
+        absent = sorted(set(trackables) - set(state.get("trackables", trackables)))
+        if partial and absent:
+            raise CheckpointError(f"checkpoint {path} does not hold {', '.join(absent)}")
         missing = sorted(set(state.get("trackables", [])) - set(trackables))
-        if missing:
+        if missing and not partial:
             raise CheckpointError(f"checkpoint {path} has objects this run lacks: {', '.join(missing)}")
         objects, manifest = _checkpointable(trackables)
         _compare_manifests(path, state.get("variables", {}), manifest)
@@ -340,7 +344,10 @@ class RunDir:
             status.assert_existing_objects_matched()
             # Every variable of the run must come from the checkpoint.
             status.expect_partial()
-            _assert_all_restored(trackables, status)
+            if partial:
+                _assert_given_restored(status)
+            else:
+                _assert_all_restored(trackables, status)
         except CheckpointError:
             raise
         except Exception as err:  # ValueError, AssertionError, tf.errors.OpError, ...
@@ -413,6 +420,14 @@ def _assert_all_restored(trackables: dict, status) -> None:
         msg = _one_line(err).split(" Showing")[0]
         raise CheckpointError(
             f"checkpoint does not match this model (different genotype or shape?): {msg}") from None
+
+
+def _assert_given_restored(status) -> None:
+    """Partial restore: the checkpoint may hold more, but it must restore something."""
+    try:
+        status.assert_nontrivial_match()
+    except AssertionError as err:
+        raise CheckpointError(f"checkpoint restores nothing of the given objects: {_one_line(err)}") from None
 
 
 def _canonical(value):

@@ -125,11 +125,10 @@ def load_target(path: str, dataset_spec=None, data_dir=None) -> Target:
 
 
 def _load_run(path, dataset_spec, data_dir) -> Target:
-    import tensorflow as tf
     from tfnas import data as data_lib
     from tfnas.genotypes import Genotype, resolve_genotype
     from tfnas.networks import NetworkCIFAR
-    from tfnas.rundir import CheckpointError, RunDir
+    from tfnas.rundir import RunDir
 
     run = RunDir(path, create=False)
     config = run.read_config()
@@ -148,44 +147,9 @@ def _load_run(path, dataset_spec, data_dir) -> Target:
                          num_classes=info.num_classes, auxiliary=config.get("auxiliary", False),
                          stem=config.get("stem", "cifar"))
     model.build((None,) + tuple(info.image_shape))
-    _restore_model_weights(model, checkpoint)
+    # The model only: a probe does not need the optimizer state.
+    run.restore_checkpoint({"model": model}, path=checkpoint, partial=True)
     return Target(model, run_dir=path, config=config, out_default=os.path.join(path, "probes"))
-
-
-def _restore_model_weights(model, checkpoint) -> None:
-    """Restore ``model`` from a run checkpoint.  ``tfnas.rundir`` saves a Keras
-    model as the ordered list ``model.variables`` (``model/variables_in_order/i``);
-    read that directly (the checkpoint also holds the optimizer, which a
-    probe does not need), falling back to an object-graph checkpoint."""
-    import tensorflow as tf
-    from tfnas.rundir import CheckpointError
-
-    prefix = os.path.join(checkpoint, "ckpt")
-    try:
-        reader = tf.train.load_checkpoint(prefix)
-        shapes = reader.get_variable_to_shape_map()
-    except Exception as err:  # noqa: BLE001 - NotFoundError, DataLossError, ...
-        raise CheckpointError(f"checkpoint {checkpoint} is unreadable: {str(err).splitlines()[0]}") from None
-    key = "model/variables_in_order/{}/.ATTRIBUTES/VARIABLE_VALUE"
-    if key.format(0) in shapes:
-        variables = model.variables
-        saved = sum(1 for k in shapes if k.startswith("model/variables_in_order/"))
-        if saved != len(variables):
-            raise CheckpointError(f"checkpoint {checkpoint} holds {saved} model variables, the network "
-                                  f"built from config.json has {len(variables)}")
-        for i, v in enumerate(variables):
-            if tuple(shapes[key.format(i)]) != tuple(v.shape):
-                raise CheckpointError(f"checkpoint {checkpoint} does not match the network: {v.path} has "
-                                      f"shape {tuple(v.shape)}, saved {tuple(shapes[key.format(i)])}")
-        for i, v in enumerate(variables):
-            v.assign(reader.get_tensor(key.format(i)))
-        return
-    try:
-        status = tf.train.Checkpoint(model=model).read(prefix)
-        status.expect_partial()
-        status.assert_existing_objects_matched()
-    except Exception as err:  # noqa: BLE001
-        raise CheckpointError(f"cannot restore the model from {checkpoint}: {str(err).splitlines()[0]}") from None
 
 
 def _load_saved_model(path) -> Target:
