@@ -57,6 +57,12 @@ def _batches(n=50, batch=16, seed=0):
     return tf.data.Dataset.from_tensor_slices((x, y)).batch(batch), x, y
 
 
+def test_default_config_is_the_small_preset():
+    from tfnas.training import PRESETS, TrainConfig
+    assert TrainConfig() == TrainConfig.from_preset("small")
+    assert TrainConfig().drop_path_prob == PRESETS["small"]["drop_path_prob"]
+
+
 def test_cosine_schedule_per_epoch():
     assert training.cosine_learning_rate(0, 10, 0.025) == pytest.approx(0.025)
     assert training.cosine_learning_rate(5, 10, 0.025) == pytest.approx(0.0125)

@@ -77,6 +77,7 @@ PRESETS = {
                   auxiliary=False, cutout=0, drop_path_prob=0.0),
 }
 STRATEGIES = ("default", "mirrored", "multiworker")
+_SMALL = PRESETS["small"]
 
 
 @dataclass
@@ -86,21 +87,22 @@ class TrainConfig:
     genotype: str = "DARTS_V2"
     dataset: str = "cifar10"
     data_dir: str | None = None
+    # The defaults are the small preset's (one place: PRESETS).
     preset: str = "small"
-    init_channels: int = 16
-    layers: int = 8
-    epochs: int = 16
-    batch_size: int = 64
+    init_channels: int = _SMALL["init_channels"]
+    layers: int = _SMALL["layers"]
+    epochs: int = _SMALL["epochs"]
+    batch_size: int = _SMALL["batch_size"]
     eval_batch_size: int = 256
-    lr: float = 0.025
-    lr_min: float = 0.0
-    momentum: float = 0.9
-    weight_decay: float = 3e-4
-    grad_clip: float = 5.0
-    auxiliary: bool = False
-    auxiliary_weight: float = 0.4
-    cutout: int = 0
-    drop_path_prob: float = 0.2
+    lr: float = _SMALL["lr"]
+    lr_min: float = _SMALL["lr_min"]
+    momentum: float = _SMALL["momentum"]
+    weight_decay: float = _SMALL["weight_decay"]
+    grad_clip: float = _SMALL["grad_clip"]
+    auxiliary: bool = _SMALL["auxiliary"]
+    auxiliary_weight: float = _SMALL["auxiliary_weight"]
+    cutout: int = _SMALL["cutout"]
+    drop_path_prob: float = _SMALL["drop_path_prob"]
     validation: float = 0           # examples (or fraction) carved from train, also evaluated
     seed: int = 0
     deterministic: bool = False
