@@ -251,6 +251,24 @@ def test_batch_norm_moving_statistics_follow_pytorch(fused, rng):
     assert np.array_equal(before, bn.moving_mean.numpy())
 
 
+@pytest.mark.parametrize("fused", [True, False])
+def test_batch_statistics_frozen_normalises_without_updating(fused, rng):
+    x = (rng.normal(size=(4, 3, 3, 2)) * 2 + 5).astype(np.float32)
+    bn = ops.BatchNorm(fused=fused)
+    model = keras.Sequential([keras.Input((3, 3, 2)), bn])
+    y_free = bn(x, training=True).numpy()
+    mean, variance = bn.moving_mean.numpy().copy(), bn.moving_variance.numpy().copy()
+    with ops.batch_statistics_frozen(model):
+        y_frozen = tf.function(lambda t: bn(t, training=True))(x).numpy()
+    # Same batch-statistics output, moving statistics untouched.
+    np.testing.assert_allclose(y_frozen, y_free, atol=1e-6)
+    assert np.array_equal(bn.moving_mean.numpy(), mean)
+    assert np.array_equal(bn.moving_variance.numpy(), variance)
+    # Restored after the block.
+    bn(x, training=True)
+    assert not np.array_equal(bn.moving_mean.numpy(), mean)
+
+
 def test_batch_norm_path_selection():
     bn32 = ops.BatchNorm()
     bn32.build((1, 2, 2, 3))

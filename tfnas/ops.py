@@ -15,6 +15,7 @@ docstring for the fused and the differentiable path).
 
 from __future__ import annotations
 
+import contextlib
 
 import keras
 import numpy as np
@@ -25,7 +26,7 @@ from tfnas.genotypes import GenotypeError
 __all__ = [
     "BatchNorm", "PointwiseConv2D", "ReLUConvBN", "FactorizedReduce", "SepConv", "DilConv", "Pool",
     "Zero", "Identity", "Conv7x1_1x7", "OPERATIONS", "make_operation",
-    "set_batch_norm_fused", "batch_norm_layers", "operation_parameter_count",
+    "set_batch_norm_fused", "batch_norm_layers", "batch_statistics_frozen", "operation_parameter_count",
 ]
 
 _register = keras.saving.register_keras_serializable(package="tfnas")
@@ -104,6 +105,8 @@ class BatchNorm(keras.layers.Layer):
         self.fused = fused
         self.unbiased_moving_variance = bool(unbiased_moving_variance)
         self.supports_masking = True
+        # Trace-time switch (not configuration): see batch_statistics_frozen.
+        self.update_statistics = True
 
     def build(self, input_shape):
         channels = input_shape[-1]
@@ -145,7 +148,8 @@ class BatchNorm(keras.layers.Layer):
             if self.unbiased_moving_variance:
                 n = self._count(x, dtype=variance.dtype)
                 unbiased = variance * (n / tf.maximum(n - 1.0, 1.0))
-        self._update_moving(mean, unbiased)
+        if self.update_statistics:
+            self._update_moving(mean, unbiased)
         return y
 
     # -- paths ---------------------------------------------------------------
@@ -213,6 +217,24 @@ def batch_norm_layers(model):
     return layers
 
 
+@contextlib.contextmanager
+def batch_statistics_frozen(model):
+    """Within the block, training-mode calls of every :class:`BatchNorm` in
+    ``model`` normalise with the batch statistics but do not update the moving
+    ones.  For passes whose state writes would be thrown away (DARTS' alpha
+    and virtual passes): ~15 fewer graph ops per BN to trace.  Applies to
+    what is traced inside the block."""
+    layers = batch_norm_layers(model)
+    saved = [layer.update_statistics for layer in layers]
+    for layer in layers:
+        layer.update_statistics = False
+    try:
+        yield
+    finally:
+        for layer, value in zip(layers, saved):
+            layer.update_statistics = value
+
+
 def set_batch_norm_fused(model, fused):
     """Set ``fused`` (None/True/False) on every :class:`BatchNorm` in
     ``model``; returns how many layers changed.  Re-trace any tf.function
@@ -243,9 +265,12 @@ class PointwiseConv2D(keras.layers.Conv2D):
         super().__init__(filters, **kwargs)
 
     def call(self, inputs):
-        shape = tf.shape(inputs)
         kernel = tf.reshape(self.kernel, (self.kernel.shape[2], self.filters))
         flat = tf.matmul(tf.reshape(inputs, (-1, inputs.shape[-1])), tf.cast(kernel, inputs.dtype))
+        h, w = inputs.shape[1], inputs.shape[2]
+        if h is not None and w is not None:  # static shape: 2 fewer graph ops per call
+            return tf.reshape(flat, (-1, h, w, self.filters))
+        shape = tf.shape(inputs)
         return tf.reshape(flat, tf.concat([shape[:3], [self.filters]], axis=0))
 
     def get_config(self):

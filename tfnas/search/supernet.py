@@ -91,6 +91,9 @@ class MixedOp(keras.layers.Layer):
                 self.channels)
 
     def call(self, x, weights, training=False):
+        # One Unpack op instead of a StridedSlice (+3 constants) per operation:
+        # the supernet has ~900 mixed operations, and graph size is trace time.
+        weights = tf.unstack(weights, num=len(self.operations))
         outputs = [weights[k] * op(x, training=training)
                    for k, op in zip(self.op_indices, self.ops)]
         if not outputs:  # a space of only "none"
@@ -150,6 +153,7 @@ class SearchCell(keras.layers.Layer):
 
     def call(self, s0, s1, weights, training=False):
         states = [self.preprocess0(s0, training=training), self.preprocess1(s1, training=training)]
+        weights = tf.unstack(weights, num=len(self.edges))
         offset = 0
         for _ in range(self.space.num_nodes):
             node = tf.add_n([self.edges[offset + j](h, weights[offset + j], training=training)
