@@ -19,3 +19,9 @@ def test_tensorflow_start_up_noise_is_hidden_but_stderr_still_works():
     assert proc.stdout.strip() == "42"
     # TF prints cudart/cuInit/absl lines at import and device set-up; none may reach the user
     assert proc.stderr == "after\n"
+
+
+def test_inter_op_pool_is_never_the_deadlocking_small_one():
+    from tfnas.runtime import inter_op_threads
+    assert inter_op_threads() >= 8
+    assert inter_op_threads(3) == 3  # an explicit request wins

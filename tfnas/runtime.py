@@ -109,6 +109,16 @@ def configure_threads(intra_op: int | None = None, inter_op: int | None = None) 
         pass
 
 
+def inter_op_threads(requested: int | None = None) -> int:
+    """The inter-op pool size for a run that feeds from ``tf.data``.
+
+    tf.data iterator ops block inter-op threads: with TensorFlow's default of
+    one thread per core (2 here) a long train.py run deadlocked while an
+    epoch's iterator was destroyed (seen twice); a larger pool is the
+    documented work-around (TF issues #10369, #48418).  ``requested`` wins."""
+    return int(requested) if requested else max(8, 2 * (os.cpu_count() or 1))
+
+
 def split_cpu(devices: int) -> None:
     """Expose ``devices`` logical CPU devices (for tf.distribute tests/runs).
     Must run before TensorFlow initialises its devices."""

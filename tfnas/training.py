@@ -476,13 +476,8 @@ def train(config: TrainConfig, out_dir: str, *, resume: bool = False, export_dir
         else resolve_genotype(config.genotype)
     config.genotype_resolved = {**genotype.to_dict(), "name": genotype.name}
 
-    # Process-level TF settings come before any op.
-    # tf.data iterator ops block inter-op threads: with TF's default pool of
-    # one thread per core (2 here) a long run deadlocked while an epoch's
-    # iterator was destroyed (seen twice, epochs 6 and 10); a larger pool is
-    # the documented work-around (TF issues #10369, #48418).
-    inter_op = config.inter_op_threads or max(8, 2 * (os.cpu_count() or 1))
-    runtime.configure_threads(config.intra_op_threads, inter_op)
+    # Process-level TF settings come before any op (see runtime.inter_op_threads).
+    runtime.configure_threads(config.intra_op_threads, runtime.inter_op_threads(config.inter_op_threads))
     import keras
     import tensorflow as tf
     if config.deterministic:

@@ -129,11 +129,11 @@ def _main(argv=None):
             split_cpu(args.cpu_devices)
         except RuntimeError as err:
             raise UsageError(f"--cpu-devices must be set before TensorFlow starts: {err}") from None
-    from tfnas.runtime import configure_threads
-    # Measured fastest for NAS cells on small CPUs.  Note: a 2-thread inter-op
-    # pool deadlocked a long train.py run inside tf.data iterator clean-up;
-    # the search loop has not shown it, but watch for it (docs/benchmarks.md).
-    configure_threads(1, 2)
+    from tfnas.runtime import configure_threads, inter_op_threads
+    # One intra-op thread: measured fastest for NAS cells on small CPUs.  The
+    # inter-op pool is the one train.py uses (a 2-thread pool can deadlock
+    # tf.data iterator clean-up in long runs).
+    configure_threads(1, inter_op_threads())
 
     log = sys.stderr if args.json else sys.stdout
     if args.resume:
