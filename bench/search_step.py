@@ -8,7 +8,12 @@ Each mode runs in its own process (peak RSS is per process):
 Reference PyTorch on this machine type: 5.0–7.45 s first order, 15.65 s
 second order (fd), peak 2.7–3.5 GB.
 
-    python bench/search_step.py [--steps 3] [--modes order1,order2_fd,order2_exact]
+    python bench/search_step.py [--steps 3] [--modes order1,order2_fd,order2_exact] [--torch-python PY]
+
+With ``--torch-python PY`` (an interpreter that has PyTorch; not a tfnas
+dependency) the PyTorch reference (bench/reference_torch.py) is re-timed in
+the same run for first order and second order (fd), with its peak RSS, and
+the ratios measured here are reported.
 """
 
 from __future__ import annotations
@@ -21,15 +26,17 @@ import subprocess
 import sys
 import time
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
 MODES = {"order1": (1, "fd"), "order2_fd": (2, "fd"), "order2_exact": (2, "exact")}
 
 
 def run_mode(mode, steps, C, layers, batch):
-    from tfnas.runtime import configure_threads, quiet_tensorflow
+    from tfnas.runtime import configure_threads, inter_op_threads, quiet_tensorflow
     quiet_tensorflow()
     import numpy as np
     import tensorflow as tf
-    configure_threads(1, 2)
+    configure_threads(1, inter_op_threads())  # as search.py
     from tfnas.search.darts import BilevelSearch, DartsConfig
     from tfnas.search.supernet import SearchNetwork
 
@@ -69,6 +76,8 @@ def main(argv=None):
     parser.add_argument("--C", type=int, default=16)
     parser.add_argument("--layers", type=int, default=8)
     parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--torch-python", default=None,
+                        help="python with torch: also time the PyTorch reference in this run")
     parser.add_argument("--one", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.one:
@@ -91,7 +100,25 @@ def main(argv=None):
         for mode in ("order2_fd", "order2_exact"):
             if mode in results:
                 print(f"{mode} / order1 = {results[mode]['s_per_step'] / results['order1']['s_per_step']:.2f}")
+    reference = {}
+    if args.torch_python:
+        from train_step import run_reference
+        for mode, order in (("order1", 1), ("order2_fd", 2)):
+            if mode not in results:
+                continue
+            ref = run_reference(args.torch_python, "search", "--order", str(order),
+                                "--batch-size", str(args.batch), "--init-channels", str(args.C),
+                                "--layers", str(args.layers), "--steps", str(args.steps))
+            reference[mode] = ref
+            print(f"PyTorch reference {mode}: {ref['s_per_step']:.2f} s/step, peak {ref['peak_rss_mb']} MB; "
+                  f"tfnas {ref['s_per_step'] / results[mode]['s_per_step']:.2f}x faster, "
+                  f"{results[mode]['peak_rss_mb'] / ref['peak_rss_mb']:.2f}x its memory", flush=True)
     summary = {f"{m}_s_per_step": r["s_per_step"] for m, r in results.items()}
+    for mode, ref in reference.items():
+        summary[f"reference_{mode}_s_per_step"] = ref["s_per_step"]
+        summary[f"reference_{mode}_peak_rss_mb"] = ref["peak_rss_mb"]
+        summary[f"speedup_vs_reference_{mode}"] = round(ref["s_per_step"] / results[mode]["s_per_step"], 2)
+        summary[f"memory_vs_reference_{mode}"] = round(results[mode]["peak_rss_mb"] / ref["peak_rss_mb"], 2)
     summary.update({
         "peak_rss_mb": max(r["peak_rss_mb"] for r in results.values()),
         "peak_rss_mb_per_mode": {m: r["peak_rss_mb"] for m, r in results.items()},
