@@ -154,24 +154,36 @@ class Cell(nn.Module):
         return torch.cat([states[i] for i in self._concat], dim=1)
 
 
+def build_stem_cells_classifier(net, C, num_classes, layers, make_cell):
+    """The reference networks' shared skeleton: a 3C stem, ``layers`` cells
+    (reductions at 1/3 and 2/3; ``make_cell(C_pp, C_p, C, reduction,
+    reduction_prev)`` returns ``(cell, out_channels)``), pooling, classifier."""
+    C_curr = 3 * C
+    net.stem = nn.Sequential(nn.Conv2d(3, C_curr, 3, padding=1, bias=False), nn.BatchNorm2d(C_curr))
+    C_pp, C_p, C_curr = C_curr, C_curr, C
+    net.cells = nn.ModuleList()
+    reduction_prev = False
+    for i in range(layers):
+        reduction = i in (layers // 3, 2 * layers // 3)
+        if reduction:
+            C_curr *= 2
+        cell, out_channels = make_cell(C_pp, C_p, C_curr, reduction, reduction_prev)
+        reduction_prev = reduction
+        net.cells.append(cell)
+        C_pp, C_p = C_p, out_channels
+    net.global_pooling = nn.AdaptiveAvgPool2d(1)
+    net.classifier = nn.Linear(C_p, num_classes)
+
+
 class NetworkCIFAR(nn.Module):
     def __init__(self, C, num_classes, layers):
         super().__init__()
-        C_curr = 3 * C
-        self.stem = nn.Sequential(nn.Conv2d(3, C_curr, 3, padding=1, bias=False), nn.BatchNorm2d(C_curr))
-        C_pp, C_p, C_curr = C_curr, C_curr, C
-        self.cells = nn.ModuleList()
-        reduction_prev = False
-        for i in range(layers):
-            reduction = i in (layers // 3, 2 * layers // 3)
-            if reduction:
-                C_curr *= 2
+
+        def make_cell(C_pp, C_p, C_curr, reduction, reduction_prev):
             cell = Cell(DARTS_V2_NORMAL, DARTS_V2_REDUCE, C_pp, C_p, C_curr, reduction, reduction_prev)
-            reduction_prev = reduction
-            self.cells.append(cell)
-            C_pp, C_p = C_p, cell.multiplier * C_curr
-        self.global_pooling = nn.AdaptiveAvgPool2d(1)
-        self.classifier = nn.Linear(C_p, num_classes)
+            return cell, cell.multiplier * C_curr
+
+        build_stem_cells_classifier(self, C, num_classes, layers, make_cell)
         self.drop_path_prob = 0.0
 
     def forward(self, x):
@@ -220,20 +232,10 @@ class SearchCell(nn.Module):
 class SearchNetwork(nn.Module):
     def __init__(self, C, num_classes, layers):
         super().__init__()
-        C_curr = 3 * C
-        self.stem = nn.Sequential(nn.Conv2d(3, C_curr, 3, padding=1, bias=False), nn.BatchNorm2d(C_curr))
-        C_pp, C_p, C_curr = C_curr, C_curr, C
-        self.cells = nn.ModuleList()
-        reduction_prev = False
-        for i in range(layers):
-            reduction = i in (layers // 3, 2 * layers // 3)
-            if reduction:
-                C_curr *= 2
-            self.cells.append(SearchCell(C_pp, C_p, C_curr, reduction, reduction_prev))
-            reduction_prev = reduction
-            C_pp, C_p = C_p, 4 * C_curr
-        self.global_pooling = nn.AdaptiveAvgPool2d(1)
-        self.classifier = nn.Linear(C_p, num_classes)
+        build_stem_cells_classifier(
+            self, C, num_classes, layers,
+            lambda C_pp, C_p, C_curr, red, red_prev: (SearchCell(C_pp, C_p, C_curr, red, red_prev),
+                                                      4 * C_curr))
         self.alphas_normal = nn.Parameter(1e-3 * torch.randn(14, len(PRIMITIVES)))
         self.alphas_reduce = nn.Parameter(1e-3 * torch.randn(14, len(PRIMITIVES)))
 
@@ -256,6 +258,18 @@ def _batch(batch_size):
     return torch.randn(batch_size, 3, 32, 32), torch.randint(0, 10, (batch_size,))
 
 
+def median_seconds(step, warmup, steps):
+    """Median wall time of ``step()`` over ``steps`` calls after ``warmup``."""
+    for _ in range(warmup):
+        step()
+    times = []
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
 def time_train(args):
     model = NetworkCIFAR(args.init_channels, 10, args.layers)
     model.train()
@@ -272,14 +286,7 @@ def time_train(args):
     result = {}
     for drop, key in ((0.0, "ms_per_step"), (0.2, "ms_per_step_drop_path")):
         model.drop_path_prob = drop
-        for _ in range(args.warmup):
-            step()
-        times = []
-        for _ in range(args.steps):
-            t0 = time.perf_counter()
-            step()
-            times.append(time.perf_counter() - t0)
-        result[key] = round(1000 * statistics.median(times), 1)
+        result[key] = round(1000 * median_seconds(step, args.warmup, args.steps), 1)
     return result
 
 
@@ -336,14 +343,7 @@ def time_search(args):
         nn.utils.clip_grad_norm_(model.weights(), 5.0)
         w_opt.step()
 
-    for _ in range(args.warmup):
-        step()
-    times = []
-    for _ in range(args.steps):
-        t0 = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - t0)
-    return {"s_per_step": round(statistics.median(times), 3), "order": args.order}
+    return {"s_per_step": round(median_seconds(step, args.warmup, args.steps), 3), "order": args.order}
 
 
 def main():
