@@ -31,12 +31,12 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 MODES = {"order1": (1, "fd"), "order2_fd": (2, "fd"), "order2_exact": (2, "exact")}
 
 
-def run_mode(mode, steps, C, layers, batch):
+def run_mode(mode, steps, C, layers, batch, inter=None):
     from tfnas.runtime import configure_threads, inter_op_threads, quiet_tensorflow
     quiet_tensorflow()
     import numpy as np
     import tensorflow as tf
-    configure_threads(1, inter_op_threads())  # as search.py
+    configure_threads(1, inter_op_threads(inter))  # as search.py unless --inter
     from tfnas.search.darts import BilevelSearch, DartsConfig
     from tfnas.search.supernet import SearchNetwork
 
@@ -66,7 +66,7 @@ def run_mode(mode, steps, C, layers, batch):
     step_s = float(np.median(times))
     return {"mode": mode, "s_per_step": step_s, "steps": times, "build_s": build_s,
             "first_call_s": first_s, "trace_s": first_s - step_s, "peak_rss_mb": peak_mb,
-            "loadavg": os.getloadavg()[0]}
+            "inter_op_threads": inter_op_threads(inter), "loadavg": os.getloadavg()[0]}
 
 
 def main(argv=None):
@@ -76,17 +76,19 @@ def main(argv=None):
     parser.add_argument("--C", type=int, default=16)
     parser.add_argument("--layers", type=int, default=8)
     parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--inter", type=int, default=None,
+                        help="inter-op threads (default: what search.py uses)")
     parser.add_argument("--torch-python", default=None,
                         help="python with torch: also time the PyTorch reference in this run")
     parser.add_argument("--one", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.one:
-        print(json.dumps(run_mode(args.one, args.steps, args.C, args.layers, args.batch)))
+        print(json.dumps(run_mode(args.one, args.steps, args.C, args.layers, args.batch, args.inter)))
         return 0
     results = {}
     for mode in args.modes.split(","):
         cmd = [sys.executable, os.path.abspath(__file__), "--one", mode, "--steps", str(args.steps),
-               "--C", str(args.C), "--layers", str(args.layers), "--batch", str(args.batch)]
+               "--C", str(args.C), "--layers", str(args.layers), "--batch", str(args.batch)] + (["--inter", str(args.inter)] if args.inter else [])
         out = subprocess.run(cmd, capture_output=True, text=True)
         if out.returncode != 0:
             print(out.stderr[-3000:], file=sys.stderr)
