@@ -221,9 +221,9 @@ def batch_norm_layers(model):
 def batch_statistics_frozen(model):
     """Within the block, training-mode calls of every :class:`BatchNorm` in
     ``model`` normalise with the batch statistics but do not update the moving
-    ones.  For passes whose state writes would be thrown away (DARTS' alpha
-    and virtual passes): ~15 fewer graph ops per BN to trace.  Applies to
-    what is traced inside the block."""
+    ones.  For passes whose state writes would be thrown away (the exact
+    DARTS hypergradient's two passes): ~15 fewer graph ops per BN to trace.
+    Applies to what is traced inside the block."""
     layers = batch_norm_layers(model)
     saved = [layer.update_statistics for layer in layers]
     for layer in layers:
