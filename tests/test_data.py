@@ -103,6 +103,38 @@ def test_order_is_a_function_of_seed_and_epoch(mini):
     assert not np.array_equal(first, second)
 
 
+def test_a_multi_epoch_pipeline_is_its_epochs_in_a_row(mini):
+    def batches(ds):
+        return [(x.numpy(), y.numpy()) for x, y in ds]
+    kw = dict(augment=True, cutout=8, seed=3)
+    per_epoch = [batches(mini.dataset("train_a", 1000, epoch=e, **kw)) for e in (2, 3)]
+    together = batches(mini.dataset("train_a", 1000, epochs=range(2, 4), **kw))
+    assert len(together) == 10 == 2 * mini.batches_per_epoch("train_a", 1000)
+    for (xa, ya), (xb, yb) in zip(together, per_epoch[0] + per_epoch[1]):
+        np.testing.assert_array_equal(ya, yb)
+        np.testing.assert_array_equal(xa, xb)
+    # batches_per_epoch cuts every epoch, not the whole pipeline
+    cut = batches(mini.dataset("train_a", 1000, epochs=range(2, 4), batches_per_epoch=2, **kw))
+    assert [y.tolist() for _, y in cut] == [y.tolist() for _, y in per_epoch[0][:2] + per_epoch[1][:2]]
+    with pytest.raises(ValueError, match="epoch or epochs"):
+        mini.dataset("train_a", 1000, epoch=1, epochs=range(2))
+
+
+def test_batch_stream_gives_fixed_passes_of_one_iterator(mini):
+    assert mini.batches_per_epoch("test", 300) == 7                        # 2000 = 6*300 + 200
+    assert mini.batches_per_epoch("test", 300, drop_remainder=True) == 6
+    stream = data.BatchStream(mini.dataset("test", 300).repeat(), 7)
+    first = [y.numpy() for _, y in stream.next_pass()]
+    second = [y.numpy() for _, y in stream.next_pass()]
+    assert [len(y) for y in first] == [300] * 6 + [200]
+    for a, b in zip(first, second):   # the repeat starts the next pass at the split's start
+        np.testing.assert_array_equal(a, b)
+    ending = data.BatchStream(mini.dataset("test", 1000), 3)
+    assert len(list(ending.next_pass())) == 2 and list(ending.next_pass()) == []
+    with pytest.raises(ValueError, match="at least one batch"):
+        data.BatchStream(mini.dataset("test", 1000), 0)
+
+
 def test_darts_halves(cifar_mini):
     w, a, info = data.darts_search_splits(f"folder:{cifar_mini}", 1000)
     assert info.num_examples["train_a"] == 5000 == info.num_examples["train_b"]

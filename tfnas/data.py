@@ -11,7 +11,11 @@ data_dir=None, seed=0, shuffle=None, epoch=None, drop_remainder=False)``
 ``open_dataset(spec, data_dir=None, validation=0)`` -> :class:`ImageData`,
     the decoded arrays and their info; ``ImageData.dataset(split, ...)``
     builds pipelines without decoding again (use it when you need several
-    splits or one pipeline per epoch).
+    splits, one pipeline per epoch, or -- ``epochs=range(a, b)`` -- one
+    pipeline of several epochs).
+
+``BatchStream(dataset, batches_per_pass)``: fixed-size passes (epochs) over
+    one long-lived iterator; what long runs iterate (see its docstring).
 
 ``dataset_info(spec, data_dir=None)`` -> :class:`DatasetInfo` (num_classes,
     image_shape, num_examples per split, mean, std, class_names).
@@ -330,13 +334,22 @@ class ImageData:
             x = x / 255.0
         return (x - tf.constant(self.info.mean, tf.float32)) / tf.constant(self.info.std, tf.float32)
 
+    def batches_per_epoch(self, split: str, batch_size: int, drop_remainder: bool = False) -> int:
+        """How many batches one epoch of ``split`` has."""
+        n = int(self.info.num_examples[split])
+        return n // batch_size if drop_remainder else -(-n // batch_size)
+
     def dataset(self, split: str, batch_size: int, *, augment: bool = False, cutout: int = 0,
                 shuffle: bool | None = None, seed: int = 0, epoch: int | None = None,
-                drop_remainder: bool = False):
+                drop_remainder: bool = False, epochs: range | None = None,
+                batches_per_epoch: int | None = None):
         """A batched pipeline over ``split`` (one pass = one epoch).
 
         ``shuffle`` defaults to ``augment``.  See the module docstring for how
-        ``seed`` and ``epoch`` fix the order and the augmentation."""
+        ``seed`` and ``epoch`` fix the order and the augmentation.  ``epochs``
+        (a ``range``) instead gives those epochs one after another in one
+        pipeline, each exactly as ``epoch=<int>`` would (for a
+        :class:`BatchStream`); ``batches_per_epoch`` truncates every epoch."""
         import tensorflow as tf
 
         self._check_split(split)
@@ -375,11 +388,17 @@ class ImageData:
                 order = tf.range(n)
             batches = tf.data.Dataset.from_tensor_slices(order).batch(
                 batch_size, drop_remainder=drop_remainder)
+            if batches_per_epoch:
+                batches = batches.take(int(batches_per_epoch))
             return batches.enumerate().map(lambda i, idx: batch_fn(key, i, idx),
                                            num_parallel_calls=tf.data.AUTOTUNE,
                                            deterministic=True)
 
-        if epoch is None:
+        if epochs is not None:
+            if epoch is not None:
+                raise ValueError("give epoch or epochs, not both")
+            keys = tf.data.Dataset.range(epochs.start, epochs.stop)
+        elif epoch is None:
             keys = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).take(1)
         else:
             keys = tf.data.Dataset.from_tensors(tf.constant(int(epoch), tf.int64))
@@ -388,6 +407,30 @@ class ImageData:
         options.experimental_distribute.auto_shard_policy = \
             tf.data.experimental.AutoShardPolicy.DATA
         return ds.with_options(options).prefetch(tf.data.AUTOTUNE)
+
+
+class BatchStream:
+    """Passes of a fixed number of batches over one long-lived iterator.
+
+    A run iterates its pipelines through one iterator each (for training, a
+    pipeline of all its epochs; for evaluation, a repeated one) instead of a
+    new iterator per epoch: destroying a tf.data iterator blocks inter-op
+    threads, and with TensorFlow's default pool (one thread per core, the
+    fastest setting here) an iterator destroyed between epochs deadlocked
+    long runs.  ``dataset`` may be a distributed dataset."""
+
+    def __init__(self, dataset, batches_per_pass: int):
+        if batches_per_pass < 1:
+            raise ValueError(f"a pass needs at least one batch, got {batches_per_pass}")
+        self.element_spec = dataset.element_spec
+        self.batches_per_pass = int(batches_per_pass)
+        self._iterator = iter(dataset)
+
+    def next_pass(self):
+        """An iterator over the next ``batches_per_pass`` batches (fewer only
+        if the pipeline ends)."""
+        import itertools
+        return itertools.islice(self._iterator, self.batches_per_pass)
 
 
 def _random_crop_flip(x, pad, crop_seed, flip_seed):
