@@ -21,7 +21,12 @@ def test_tensorflow_start_up_noise_is_hidden_but_stderr_still_works():
     assert proc.stderr == "after\n"
 
 
-def test_inter_op_pool_is_never_the_deadlocking_small_one():
+def test_inter_op_pool_is_one_per_core_unless_iterators_come_and_go(monkeypatch):
+    import os
+
     from tfnas.runtime import inter_op_threads
-    assert inter_op_threads() >= 8
-    assert inter_op_threads(3) == 3  # an explicit request wins
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    assert inter_op_threads() == 2                            # long-lived iterators: fastest
+    assert inter_op_threads(iterators_per_epoch=True) >= 8    # the deadlock work-around
+    assert inter_op_threads(3) == 3                           # an explicit request wins
+    assert inter_op_threads(3, iterators_per_epoch=True) == 3

@@ -139,8 +139,9 @@ def test_run_directory_contents(full_run):
     assert config["epochs"] == EPOCHS and config["deterministic"] and config["init_channels"] == 4
     records = _metrics(out)
     assert [r["epoch"] for r in records] == list(range(1, EPOCHS + 1))
-    for key in ("lr", "train_loss", "train_acc", "test_loss", "test_acc", "seconds"):
+    for key in ("lr", "train_loss", "train_acc", "test_loss", "test_acc", "seconds", "train_seconds"):
         assert all(np.isfinite(r[key]) for r in records), key
+    assert all(0 < r["train_seconds"] < r["seconds"] for r in records)
     assert records[0]["lr"] == pytest.approx(0.025) and records[1]["lr"] < 0.025
     assert records[1]["drop_path_prob"] == pytest.approx(0.2 / EPOCHS)
     assert summary["trace_counts"] == {"train": 1, "eval": 1}   # compiled once per run

@@ -67,13 +67,13 @@ PRESETS = {
     # The variant studies: same network, no cutout / aux / drop path.
     "study": dict(_REFERENCE, init_channels=36, layers=20, epochs=600, batch_size=96,
                   auxiliary=False, cutout=0, drop_path_prob=0.0),
-    # A 2-core CPU in under 30 minutes on cifar10-mini (10k images): a C=16,
-    # 8-layer network, batch 64, no aux, cutout or drop path (drop path slows
-    # a short run's convergence).  Thread pools: see train() (the inter-op
-    # pool must not be small).
-    # 16 epochs: a quiet 2-core machine measured ~0.58 s per batch-64 step,
-    # i.e. ~95 s per epoch with evaluation.
-    "small": dict(_REFERENCE, init_channels=16, layers=8, epochs=16, batch_size=64,
+    # A 2-core CPU in about half an hour on cifar10-mini (10k images): a
+    # C=16, 8-layer network, batch 64, no aux, cutout or drop path (drop path
+    # slows a short run's convergence).  Thread pools: see train() and
+    # runtime.inter_op_threads.  20 epochs reached 75.3% here (~92 s per
+    # epoch, 32.5 min); 16 epochs gave 72.8%, and 6 layers x 21 epochs 74.3%
+    # in 30.0 min (docs/benchmarks.md).
+    "small": dict(_REFERENCE, init_channels=16, layers=8, epochs=20, batch_size=64,
                   auxiliary=False, cutout=0, drop_path_prob=0.0),
 }
 STRATEGIES = ("default", "mirrored", "multiworker")
@@ -347,15 +347,31 @@ class Trainer:
             self.model.drop_path_prob.assign(p)
         return rate, p
 
-    def train_epoch(self, dataset, progress: Callable | None = None, steps_hint: int | None = None,
-                    check_every: int = 20) -> dict:
-        """One pass over ``dataset``; returns ``{"loss", "acc", "examples", "steps"}``.
-        Raises :class:`TrainingDivergedError` as soon as the loss is not finite."""
+    def stream(self, dataset, batches_per_pass: int):
+        """A :class:`tfnas.data.BatchStream` over ``dataset`` (distributed as
+        this trainer's strategy needs), for ``train_epoch``/``evaluate``."""
+        from tfnas.data import BatchStream
         dist = self._distribute(dataset)
         self._compile(dist)
+        return BatchStream(dist, batches_per_pass)
+
+    def _batches(self, dataset):
+        """The batches of one pass: the next pass of a stream, or all of a dataset."""
+        if hasattr(dataset, "next_pass"):
+            self._compile(dataset)
+            return dataset.next_pass()
+        dist = self._distribute(dataset)
+        self._compile(dist)
+        return dist
+
+    def train_epoch(self, dataset, progress: Callable | None = None, steps_hint: int | None = None,
+                    check_every: int = 20) -> dict:
+        """One pass over ``dataset`` (a dataset or a :meth:`stream`); returns
+        ``{"loss", "acc", "examples", "steps"}``.  Raises
+        :class:`TrainingDivergedError` as soon as the loss is not finite."""
         total = None
         steps = 0
-        for batch in dist:
+        for batch in self._batches(dataset):
             sums = self._train_fn(batch)
             total = sums if total is None else total + sums
             steps += 1
@@ -375,10 +391,9 @@ class Trainer:
         return {"loss": loss_sum / count, "acc": correct / count, "examples": int(count), "steps": steps}
 
     def evaluate(self, dataset) -> dict:
-        dist = self._distribute(dataset)
-        self._compile(dist)
+        """Loss and accuracy over one pass of ``dataset`` (a dataset or a :meth:`stream`)."""
         total = None
-        for batch in dist:
+        for batch in self._batches(dataset):
             sums = self._eval_fn(batch)
             total = sums if total is None else total + sums
         loss_sum, correct, count = (float(v) for v in total.numpy())
@@ -477,7 +492,9 @@ def train(config: TrainConfig, out_dir: str, *, resume: bool = False, export_dir
     config.genotype_resolved = {**genotype.to_dict(), "name": genotype.name}
 
     # Process-level TF settings come before any op (see runtime.inter_op_threads).
-    runtime.configure_threads(config.intra_op_threads, runtime.inter_op_threads(config.inter_op_threads))
+    long_lived_iterators = config.strategy != "multiworker"
+    runtime.configure_threads(config.intra_op_threads, runtime.inter_op_threads(
+        config.inter_op_threads, iterators_per_epoch=not long_lived_iterators))
     import keras
     import tensorflow as tf
     if config.deterministic:
@@ -538,16 +555,26 @@ def train(config: TrainConfig, out_dir: str, *, resume: bool = False, export_dir
         if is_chief:
             _write_static_summaries(run, genotype, config, counts, info)
 
-    steps_per_epoch = math.ceil(info.num_examples["train"] / config.batch_size)
+    steps_per_epoch = data.batches_per_epoch("train", config.batch_size)
     eval_splits = ["test"] + (["validation"] if config.validation else [])
-    eval_data = {s: data.dataset(s, config.eval_batch_size) for s in eval_splits}
     stream_is_tty = log is not None and hasattr(log, "isatty") and log.isatty()
     end_epoch = config.epochs if stop_after_epochs is None else min(config.epochs, start_epoch + stop_after_epochs)
+    train_augmented = dict(augment=True, cutout=config.cutout, seed=config.seed)
+    if long_lived_iterators:
+        # One iterator per pipeline for the whole run (see tfnas.data.BatchStream).
+        train_stream = trainer.stream(data.dataset(
+            "train", config.batch_size, epochs=range(start_epoch, end_epoch), **train_augmented),
+            steps_per_epoch)
+        eval_data = {s: trainer.stream(data.dataset(s, config.eval_batch_size).repeat(),
+                                       data.batches_per_epoch(s, config.eval_batch_size))
+                     for s in eval_splits}
+    else:   # workers shard the batches: each worker's count per epoch is its own
+        eval_data = {s: data.dataset(s, config.eval_batch_size) for s in eval_splits}
     for epoch in range(start_epoch, end_epoch):
         t0 = time.time()
         lr, p = trainer.set_epoch(epoch, config.epochs, config.lr, config.lr_min, config.drop_path_prob)
-        train_ds = data.dataset("train", config.batch_size, augment=True, cutout=config.cutout,
-                                seed=config.seed, epoch=epoch)
+        train_ds = train_stream if long_lived_iterators else \
+            data.dataset("train", config.batch_size, epoch=epoch, **train_augmented)
         progress = EpochProgress(log, f"epoch {epoch + 1}/{config.epochs}") if stream_is_tty else None
         try:
             tr = trainer.train_epoch(train_ds, progress=progress, steps_hint=steps_per_epoch)
@@ -563,6 +590,7 @@ def train(config: TrainConfig, out_dir: str, *, resume: bool = False, export_dir
             progress.clear()
         record = {"epoch": epoch + 1, "lr": lr, "drop_path_prob": p,
                   "train_loss": tr["loss"], "train_acc": tr["acc"]}
+        record["train_seconds"] = time.time() - t0
         for split, ds in eval_data.items():
             ev = trainer.evaluate(ds)
             record[f"{split}_loss"], record[f"{split}_acc"] = ev["loss"], ev["acc"]

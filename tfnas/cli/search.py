@@ -130,9 +130,8 @@ def _main(argv=None):
         except RuntimeError as err:
             raise UsageError(f"--cpu-devices must be set before TensorFlow starts: {err}") from None
     from tfnas.runtime import configure_threads, inter_op_threads
-    # One intra-op thread: measured fastest for NAS cells on small CPUs.  The
-    # inter-op pool is the one train.py uses (a 2-thread pool can deadlock
-    # tf.data iterator clean-up in long runs).
+    # One intra-op thread: measured fastest for NAS cells on small CPUs; the
+    # inter-op pool as train.py (the search keeps one iterator per pipeline).
     configure_threads(1, inter_op_threads())
 
     log = sys.stderr if args.json else sys.stdout

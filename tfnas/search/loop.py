@@ -164,7 +164,7 @@ def run_darts_search(settings: SearchSettings, out_dir: str, *, resume: bool = F
     import numpy as np
     import tensorflow as tf
 
-    from tfnas.data import open_dataset
+    from tfnas.data import BatchStream, open_dataset
     from tfnas.rundir import CheckpointError, RunDir
     from tfnas.search.darts import BilevelSearch
     from tfnas.search.derive import derive_genotype, genotype_record
@@ -211,29 +211,46 @@ def run_darts_search(settings: SearchSettings, out_dir: str, *, resume: bool = F
               f"{model.count_weights():,} weights + {model.count_alphas()} alphas; "
               f"{settings.epochs} epochs, batch {settings.batch_size}; run directory {run.path}")
 
-    def halves(epoch):
-        common = dict(augment=True, shuffle=True, epoch=epoch, drop_remainder=True)
-        weights_ds = data.dataset("train_a", settings.batch_size, seed=settings.seed, **common)
-        alphas_ds = data.dataset("train_b", settings.batch_size, seed=settings.seed + 1, **common)
-        if settings.steps_per_epoch:
-            weights_ds = weights_ds.take(settings.steps_per_epoch)
-            alphas_ds = alphas_ds.take(settings.steps_per_epoch)
-        return weights_ds, alphas_ds
+    # One iterator per pipeline for the whole run (see tfnas.data.BatchStream):
+    # the two halves, all remaining epochs, each epoch cut to the same count.
+    steps_per_epoch = min(data.batches_per_epoch(split, settings.batch_size, drop_remainder=True)
+                          for split in ("train_a", "train_b"))
+    if settings.steps_per_epoch:
+        steps_per_epoch = min(steps_per_epoch, settings.steps_per_epoch)
+    if steps_per_epoch == 0:
+        raise ValueError(f"dataset {settings.dataset} gives no batch of {settings.batch_size}")
 
-    def distribute(ds):
+    def stream(split, seed, batches, repeat=False, **kwargs):
+        ds = data.dataset(split, settings.batch_size, seed=seed, shuffle=True,
+                          batches_per_epoch=batches, **kwargs)
+        if repeat:
+            ds = ds.repeat()
         if strategy.num_replicas_in_sync > 1:
-            return strategy.experimental_distribute_dataset(ds)
-        return ds
+            ds = strategy.experimental_distribute_dataset(ds)
+        return BatchStream(ds, batches)
+
+    remaining = range(start_epoch, settings.epochs)
+    common = dict(augment=True, drop_remainder=True, epochs=remaining)
+    weights_stream = alphas_stream = eval_stream = None
+    if len(remaining):
+        weights_stream = stream("train_a", settings.seed, steps_per_epoch, **common)
+        alphas_stream = stream("train_b", settings.seed + 1, steps_per_epoch, **common)
+        # A fixed shuffled order (epoch 0), repeated: folder datasets are stored
+        # class by class, so the first --eval-batches of an unshuffled split
+        # would be one class.
+        eval_batches = data.batches_per_epoch("train_b", settings.batch_size)
+        if settings.eval_batches:
+            eval_batches = min(eval_batches, settings.eval_batches)
+        eval_stream = stream("train_b", settings.seed + 2, eval_batches, repeat=True, epoch=0)
 
     genotype = None
     record = None
-    for epoch in range(start_epoch, settings.epochs):
+    for epoch in remaining:
         t0 = time.time()
         lr = search.set_epoch(epoch, settings.epochs)
-        weights_ds, alphas_ds = halves(epoch)
         sums = {}
         steps = 0
-        for train_batch, val_batch in zip(distribute(weights_ds), distribute(alphas_ds)):
+        for train_batch, val_batch in zip(weights_stream.next_pass(), alphas_stream.next_pass()):
             metrics = search.search_step(train_batch, val_batch)
             for key, value in metrics.items():
                 sums[key] = sums.get(key, 0.0) + float(value)
@@ -243,13 +260,7 @@ def run_darts_search(settings: SearchSettings, out_dir: str, *, resume: bool = F
             if steps % 10 == 0:
                 _log(log, f"  epoch {epoch + 1} step {steps}: loss {sums['loss'] / steps:.3f} "
                           f"alpha-split loss {sums['alpha_loss'] / steps:.3f}")
-        if steps == 0:
-            raise ValueError(f"dataset {settings.dataset} gives no batch of {settings.batch_size}")
-        # A fixed shuffled order: folder datasets are stored class by class, so
-        # the first --eval-batches of an unshuffled split would be one class.
-        eval_ds = data.dataset("train_b", settings.batch_size, shuffle=True,
-                               seed=settings.seed + 2, epoch=0)
-        evaluation = search.evaluate(distribute(eval_ds), max_batches=settings.eval_batches or None)
+        evaluation = search.evaluate(eval_stream.next_pass())
         softmaxed = model.softmax_alphas()
         genotype = derive_genotype(model.alphas_normal.numpy(), model.alphas_reduce.numpy(), space,
                                    name=f"search-epoch{epoch + 1}")
