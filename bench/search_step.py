@@ -88,7 +88,9 @@ def main(argv=None):
     results = {}
     for mode in args.modes.split(","):
         cmd = [sys.executable, os.path.abspath(__file__), "--one", mode, "--steps", str(args.steps),
-               "--C", str(args.C), "--layers", str(args.layers), "--batch", str(args.batch)] + (["--inter", str(args.inter)] if args.inter else [])
+               "--C", str(args.C), "--layers", str(args.layers), "--batch", str(args.batch)]
+        if args.inter:
+            cmd += ["--inter", str(args.inter)]
         out = subprocess.run(cmd, capture_output=True, text=True)
         if out.returncode != 0:
             print(out.stderr[-3000:], file=sys.stderr)

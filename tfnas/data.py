@@ -56,6 +56,7 @@ prefetched.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
 from dataclasses import asdict, dataclass, field
@@ -429,7 +430,6 @@ class BatchStream:
     def next_pass(self):
         """An iterator over the next ``batches_per_pass`` batches (fewer only
         if the pipeline ends)."""
-        import itertools
         return itertools.islice(self._iterator, self.batches_per_pass)
 
 

@@ -337,8 +337,9 @@ class BilevelSearch:
             return self._loss_acc(logits, y)
         return self._run_mean(replica, x, y)
 
-    def evaluate(self, dataset, max_batches=None):
-        """Mean loss and accuracy in inference mode over a (distributed) dataset."""
+    def evaluate(self, dataset):
+        """Mean loss and accuracy in inference mode over the batches of
+        ``dataset`` (any iterable of batches, e.g. a ``BatchStream`` pass)."""
         if self._eval_fn is None:
             self._eval_fn = tf.function(self._eval_impl, autograph=False)
         total_loss = total_acc = 0.0
@@ -348,8 +349,6 @@ class BilevelSearch:
             total_loss += float(loss)
             total_acc += float(acc)
             n += 1
-            if max_batches and n >= max_batches:
-                break
         return {"loss": total_loss / max(n, 1), "acc": total_acc / max(n, 1)}
 
     def set_epoch(self, epoch: int, epochs: int) -> float:

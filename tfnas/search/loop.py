@@ -231,17 +231,15 @@ def run_darts_search(settings: SearchSettings, out_dir: str, *, resume: bool = F
 
     remaining = range(start_epoch, settings.epochs)
     common = dict(augment=True, drop_remainder=True, epochs=remaining)
-    weights_stream = alphas_stream = eval_stream = None
-    if len(remaining):
-        weights_stream = stream("train_a", settings.seed, steps_per_epoch, **common)
-        alphas_stream = stream("train_b", settings.seed + 1, steps_per_epoch, **common)
-        # A fixed shuffled order (epoch 0), repeated: folder datasets are stored
-        # class by class, so the first --eval-batches of an unshuffled split
-        # would be one class.
-        eval_batches = data.batches_per_epoch("train_b", settings.batch_size)
-        if settings.eval_batches:
-            eval_batches = min(eval_batches, settings.eval_batches)
-        eval_stream = stream("train_b", settings.seed + 2, eval_batches, repeat=True, epoch=0)
+    weights_stream = stream("train_a", settings.seed, steps_per_epoch, **common)
+    alphas_stream = stream("train_b", settings.seed + 1, steps_per_epoch, **common)
+    # A fixed shuffled order (epoch 0), repeated: folder datasets are stored
+    # class by class, so the first --eval-batches of an unshuffled split
+    # would be one class.
+    eval_batches = data.batches_per_epoch("train_b", settings.batch_size)
+    if settings.eval_batches:
+        eval_batches = min(eval_batches, settings.eval_batches)
+    eval_stream = stream("train_b", settings.seed + 2, eval_batches, repeat=True, epoch=0)
 
     genotype = None
     record = None
