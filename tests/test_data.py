@@ -135,6 +135,21 @@ def test_batch_stream_gives_fixed_passes_of_one_iterator(mini):
         data.BatchStream(mini.dataset("test", 1000), 0)
 
 
+
+def test_distribute_only_when_the_strategy_has_several_replicas(mini):
+    import tensorflow as tf
+
+    class TwoReplicas:   # stands in for a two-device strategy
+        num_replicas_in_sync = 2
+
+        def experimental_distribute_dataset(self, dataset):
+            return ("distributed", dataset)
+
+    ds = mini.dataset("test", 100)
+    assert data.distribute(ds, tf.distribute.get_strategy()) is ds
+    assert data.distribute(ds, TwoReplicas()) == ("distributed", ds)
+    assert not data.is_multiworker(tf.distribute.get_strategy())
+
 def test_darts_halves(cifar_mini):
     w, a, info = data.darts_search_splits(f"folder:{cifar_mini}", 1000)
     assert info.num_examples["train_a"] == 5000 == info.num_examples["train_b"]

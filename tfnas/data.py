@@ -433,6 +433,21 @@ class BatchStream:
         return itertools.islice(self._iterator, self.batches_per_pass)
 
 
+def is_multiworker(strategy) -> bool:
+    import tensorflow as tf
+    return isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
+
+
+def distribute(dataset, strategy):
+    """``dataset`` as ``strategy`` consumes it: unchanged on one local device,
+    else ``strategy.experimental_distribute_dataset`` (per-replica batches;
+    with several workers, each worker reads its own shard).  The one rule for
+    training and search."""
+    if strategy.num_replicas_in_sync == 1 and not is_multiworker(strategy):
+        return dataset
+    return strategy.experimental_distribute_dataset(dataset)
+
+
 def _random_crop_flip(x, pad, crop_seed, flip_seed):
     """Per-sample random crop of the zero-padded batch and horizontal flip."""
     import tensorflow as tf

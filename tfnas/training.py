@@ -310,11 +310,6 @@ class Trainer:
         correct = tf.reduce_sum(tf.cast(tf.equal(tf.argmax(logits, -1, output_type=y.dtype), y), tf.float32))
         return tf.stack([tf.reduce_sum(per_example), correct, tf.cast(tf.shape(y)[0], tf.float32)])
 
-    def _distribute(self, dataset):
-        if self.strategy.num_replicas_in_sync == 1 and not _is_multiworker(self.strategy):
-            return dataset
-        return self.strategy.experimental_distribute_dataset(dataset)
-
     def _compile(self, dist_dataset):
         tf = self._tf
         spec = dist_dataset.element_spec
@@ -350,8 +345,8 @@ class Trainer:
     def stream(self, dataset, batches_per_pass: int):
         """A :class:`tfnas.data.BatchStream` over ``dataset`` (distributed as
         this trainer's strategy needs), for ``train_epoch``/``evaluate``."""
-        from tfnas.data import BatchStream
-        dist = self._distribute(dataset)
+        from tfnas.data import BatchStream, distribute
+        dist = distribute(dataset, self.strategy)
         self._compile(dist)
         return BatchStream(dist, batches_per_pass)
 
@@ -360,7 +355,8 @@ class Trainer:
         if hasattr(dataset, "next_pass"):
             self._compile(dataset)
             return dataset.next_pass()
-        dist = self._distribute(dataset)
+        from tfnas.data import distribute
+        dist = distribute(dataset, self.strategy)
         self._compile(dist)
         return dist
 
@@ -412,11 +408,6 @@ def _cross_entropy(labels, logits):
         labels=tf.cast(labels, tf.int32), logits=tf.cast(logits, tf.float32))
 
 
-def _is_multiworker(strategy) -> bool:
-    import tensorflow as tf
-    return isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
-
-
 # -- progress display ---------------------------------------------------------------
 
 class EpochProgress:
@@ -450,8 +441,9 @@ class EpochProgress:
 
 def _task_info(strategy):
     """(is_chief, task id) of this worker (single process: chief)."""
+    from tfnas.data import is_multiworker
     resolver = getattr(strategy, "cluster_resolver", None)
-    if not _is_multiworker(strategy) or resolver is None or resolver.task_type is None:
+    if not is_multiworker(strategy) or resolver is None or resolver.task_type is None:
         return True, 0
     task_type, task_id = resolver.task_type, int(resolver.task_id or 0)
     return task_type == "chief" or (task_type == "worker" and task_id == 0), task_id

@@ -164,7 +164,7 @@ def run_darts_search(settings: SearchSettings, out_dir: str, *, resume: bool = F
     import numpy as np
     import tensorflow as tf
 
-    from tfnas.data import BatchStream, open_dataset
+    from tfnas.data import BatchStream, distribute, open_dataset
     from tfnas.rundir import CheckpointError, RunDir
     from tfnas.search.darts import BilevelSearch
     from tfnas.search.derive import derive_genotype, genotype_record
@@ -225,9 +225,7 @@ def run_darts_search(settings: SearchSettings, out_dir: str, *, resume: bool = F
                           batches_per_epoch=batches, **kwargs)
         if repeat:
             ds = ds.repeat()
-        if strategy.num_replicas_in_sync > 1:
-            ds = strategy.experimental_distribute_dataset(ds)
-        return BatchStream(ds, batches)
+        return BatchStream(distribute(ds, strategy), batches)
 
     remaining = range(start_epoch, settings.epochs)
     common = dict(augment=True, drop_remainder=True, epochs=remaining)
