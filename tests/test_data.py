@@ -135,7 +135,6 @@ def test_batch_stream_gives_fixed_passes_of_one_iterator(mini):
         data.BatchStream(mini.dataset("test", 1000), 0)
 
 
-
 def test_distribute_only_when_the_strategy_has_several_replicas(mini):
     import tensorflow as tf
 
@@ -149,6 +148,7 @@ def test_distribute_only_when_the_strategy_has_several_replicas(mini):
     assert data.distribute(ds, tf.distribute.get_strategy()) is ds
     assert data.distribute(ds, TwoReplicas()) == ("distributed", ds)
     assert not data.is_multiworker(tf.distribute.get_strategy())
+
 
 def test_darts_halves(cifar_mini):
     w, a, info = data.darts_search_splits(f"folder:{cifar_mini}", 1000)
