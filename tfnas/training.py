@@ -342,23 +342,26 @@ class Trainer:
             self.model.drop_path_prob.assign(p)
         return rate, p
 
-    def stream(self, dataset, batches_per_pass: int):
-        """A :class:`tfnas.data.BatchStream` over ``dataset`` (distributed as
-        this trainer's strategy needs), for ``train_epoch``/``evaluate``."""
-        from tfnas.data import BatchStream, distribute
+    def _prepared(self, dataset):
+        """``dataset`` distributed as this trainer's strategy needs; the steps
+        compiled for its element spec (once per trainer)."""
+        from tfnas.data import distribute
         dist = distribute(dataset, self.strategy)
         self._compile(dist)
-        return BatchStream(dist, batches_per_pass)
+        return dist
+
+    def stream(self, dataset, batches_per_pass: int):
+        """A :class:`tfnas.data.BatchStream` over ``dataset``, for
+        ``train_epoch``/``evaluate``."""
+        from tfnas.data import BatchStream
+        return BatchStream(self._prepared(dataset), batches_per_pass)
 
     def _batches(self, dataset):
         """The batches of one pass: the next pass of a stream, or all of a dataset."""
         if hasattr(dataset, "next_pass"):
             self._compile(dataset)
             return dataset.next_pass()
-        from tfnas.data import distribute
-        dist = distribute(dataset, self.strategy)
-        self._compile(dist)
-        return dist
+        return self._prepared(dataset)
 
     def train_epoch(self, dataset, progress: Callable | None = None, steps_hint: int | None = None,
                     check_every: int = 20) -> dict:
@@ -565,8 +568,10 @@ def train(config: TrainConfig, out_dir: str, *, resume: bool = False, export_dir
     for epoch in range(start_epoch, end_epoch):
         t0 = time.time()
         lr, p = trainer.set_epoch(epoch, config.epochs, config.lr, config.lr_min, config.drop_path_prob)
-        train_ds = train_stream if long_lived_iterators else \
-            data.dataset("train", config.batch_size, epoch=epoch, **train_augmented)
+        if long_lived_iterators:
+            train_ds = train_stream
+        else:
+            train_ds = data.dataset("train", config.batch_size, epoch=epoch, **train_augmented)
         progress = EpochProgress(log, f"epoch {epoch + 1}/{config.epochs}") if stream_is_tty else None
         try:
             tr = trainer.train_epoch(train_ds, progress=progress, steps_hint=steps_per_epoch)
@@ -581,8 +586,7 @@ def train(config: TrainConfig, out_dir: str, *, resume: bool = False, export_dir
         if progress:
             progress.clear()
         record = {"epoch": epoch + 1, "lr": lr, "drop_path_prob": p,
-                  "train_loss": tr["loss"], "train_acc": tr["acc"]}
-        record["train_seconds"] = time.time() - t0
+                  "train_loss": tr["loss"], "train_acc": tr["acc"], "train_seconds": time.time() - t0}
         for split, ds in eval_data.items():
             ev = trainer.evaluate(ds)
             record[f"{split}_loss"], record[f"{split}_acc"] = ev["loss"], ev["acc"]
