@@ -152,6 +152,81 @@ def test_pools_match_reference_excluding_padding(kind, stride, size, rng):
     np.testing.assert_allclose(run(layer, x), np_pool(x, kind, stride), atol=1e-12)
 
 
+
+def _max_pool_derivatives(pool, x, v, c, stride):
+    """First derivative and Hessian-vector product (double backprop) of
+    f(x) = Σ c·pool(sin x)²."""
+    with tf.GradientTape() as outer:
+        outer.watch(x)
+        with tf.GradientTape() as inner:
+            inner.watch(x)
+            f = tf.reduce_sum(c * tf.square(pool(tf.sin(x), stride)))
+        g = inner.gradient(f, x)
+        gv = tf.reduce_sum(g * v)
+    return g, outer.gradient(gv, x)
+
+
+def _deterministic_max_pool(x, stride):
+    return ops.max_pool_3x3(x, stride, deterministic_second_derivatives=True)
+
+
+def _op_types(graph):
+    return {op.type for op in graph.get_operations()}
+
+
+def _tf_max_pool(x, stride):
+    return tf.nn.max_pool2d(tf.pad(x, [[0, 0], [1, 1], [1, 1], [0, 0]], constant_values=-1e9),
+                            3, stride, "VALID")
+
+
+@pytest.mark.parametrize("compiled", [False, True], ids=["eager", "tf.function"])
+@pytest.mark.parametrize("stride,size", [(1, 6), (2, 6), (2, 7)])
+def test_max_pool_second_derivatives(stride, size, compiled, rng):
+    x = tf.constant(rng.normal(size=(3, size, size, 2)))
+    v = tf.constant(rng.normal(size=x.shape))
+    out = -(-size // stride)
+    c = tf.constant(rng.normal(size=(3, out, out, 2)))
+    derivatives = _max_pool_derivatives
+    if compiled:
+        derivatives = tf.function(derivatives)
+        graph = derivatives.get_concrete_function(_deterministic_max_pool, x, v, c, stride).graph
+        # TensorFlow's CPU MaxPoolGradGrad breaks ties unlike MaxPoolGrad and
+        # gave run-to-run different values; this path must not use it.
+        assert "MaxPoolGradGrad" not in _op_types(graph)
+    g, hvp = derivatives(_deterministic_max_pool, x, v, c, stride)
+    g_tf, _ = _max_pool_derivatives(_tf_max_pool, x, v, c, stride)
+    np.testing.assert_array_equal(g.numpy(), g_tf.numpy())  # TF's own first derivative
+    h = 1e-6
+    plus, _ = _max_pool_derivatives(_tf_max_pool, x + h * v, v, c, stride)
+    minus, _ = _max_pool_derivatives(_tf_max_pool, x - h * v, v, c, stride)
+    fd = (plus - minus).numpy() / (2 * h)
+    assert np.abs(fd).max() > 1e-2
+    np.testing.assert_allclose(hvp.numpy(), fd, rtol=1e-6, atol=1e-8 * np.abs(fd).max())
+
+
+def test_deterministic_second_derivatives_switches_the_pools_of_a_model(rng):
+    inputs = keras.Input((6, 6, 2), dtype="float64")
+    pools = [ops.Pool("max", 1, dtype="float64"), ops.Pool("max", 2, dtype="float64")]
+    model = keras.Model(inputs, pools[1](pools[0](inputs)))
+    x = tf.constant(rng.normal(size=(2, 6, 6, 2)))
+
+    def hvp_graph():
+        def hvp(x):
+            with tf.GradientTape() as outer:
+                outer.watch(x)
+                with tf.GradientTape() as inner:
+                    inner.watch(x)
+                    f = tf.reduce_sum(tf.square(model(tf.sin(x))))
+                g_sum = tf.reduce_sum(inner.gradient(f, x))
+            return outer.gradient(g_sum, x)
+        return tf.function(hvp).get_concrete_function(x).graph
+
+    assert "MaxPoolGradGrad" in _op_types(hvp_graph())  # TensorFlow's default path
+    with ops.deterministic_second_derivatives(model):
+        assert all(p.deterministic_second_derivatives for p in pools)
+        assert "MaxPoolGradGrad" not in _op_types(hvp_graph())
+    assert not any(p.deterministic_second_derivatives for p in pools)
+
 def test_factorized_reduce_matches_reference(rng):
     x = rng.normal(size=(2, 8, 8, 6))
     layer = ops.make_operation("skip_connect", 6, 2, dtype="float64")

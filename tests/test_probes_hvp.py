@@ -5,7 +5,9 @@ import pytest
 import tensorflow as tf
 import keras
 
+from tfnas.ops import Pool
 from tfnas.probes import ModelLoss, ProbeError, as_batches, snapshot
+from tfnas.probes.core import HVP_MODES
 
 F64 = "float64"
 
@@ -147,6 +149,39 @@ def test_hvp_convnet_with_depthwise_and_bn_modes_agree():
     assert abs(u @ hv - v @ forward.hvp(data, u)) < 1e-10 * abs(u @ hv)
     assert np.abs(hv).max() > 1e-3
 
+
+
+def test_hvp_through_max_pools_matches_finite_differences():
+    # tfnas max pools (stride 1 and 2): both modes trace the pools'
+    # deterministic second derivative (not TensorFlow's MaxPoolGradGrad) and
+    # agree with central differences of the exact gradient.
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([
+        keras.Input((6, 6, 2), dtype=F64),
+        keras.layers.Conv2D(3, 3, padding="same", use_bias=False, dtype=F64),
+        keras.layers.Activation("softplus", dtype=F64),
+        Pool("max", 1, dtype=F64),
+        Pool("max", 2, dtype=F64),
+        keras.layers.Conv2D(3, 1, activation="softplus", dtype=F64),
+        keras.layers.GlobalAveragePooling2D(dtype=F64),
+        keras.layers.Dense(4, dtype=F64),
+    ])
+    data = as_batches(classification_data((6, 6, 2), 4, n=12, batch=6))
+    probe = ModelLoss(model, LOSS)
+    v = np.random.default_rng(0).standard_normal(probe.size)
+    hvps = [ModelLoss(model, LOSS, hvp_mode=mode).hvp(data, v) for mode in HVP_MODES]
+    theta, h = probe.parameters(), 1e-6
+
+    def gradient_at(flat):
+        for var, value in zip(probe.variables, probe.unflatten(flat)):
+            var.assign(value)
+        return probe.gradient(data)
+
+    fd = (gradient_at(theta + h * v) - gradient_at(theta - h * v)) / (2 * h)
+    gradient_at(theta)
+    assert np.abs(fd).max() > 1e-3
+    for hv in hvps:
+        np.testing.assert_allclose(hv, fd, rtol=0, atol=1e-6 * np.abs(fd).max())
 
 def test_gradient_and_loss_match_plain_tape(mlp_case):
     model, data, _ = mlp_case

@@ -25,8 +25,9 @@ from tfnas.genotypes import GenotypeError
 
 __all__ = [
     "BatchNorm", "PointwiseConv2D", "ReLUConvBN", "FactorizedReduce", "SepConv", "DilConv", "Pool",
-    "Zero", "Identity", "Conv7x1_1x7", "OPERATIONS", "make_operation",
-    "set_batch_norm_fused", "batch_norm_layers", "batch_statistics_frozen", "operation_parameter_count",
+    "Zero", "Identity", "Conv7x1_1x7", "max_pool_3x3", "OPERATIONS", "make_operation",
+    "set_batch_norm_fused", "layers_of_type", "batch_norm_layers", "batch_statistics_frozen",
+    "deterministic_second_derivatives", "operation_parameter_count",
 ]
 
 _register = keras.saving.register_keras_serializable(package="tfnas")
@@ -208,31 +209,49 @@ class BatchNorm(keras.layers.Layer):
         return config
 
 
-def batch_norm_layers(model):
-    """Every :class:`BatchNorm` inside ``model`` (a layer or model)."""
-    layers = [model] if isinstance(model, BatchNorm) else []
+def layers_of_type(model, cls):
+    """Every layer of type ``cls`` inside ``model`` (a layer or model, itself included)."""
+    layers = [model] if isinstance(model, cls) else []
     if hasattr(model, "_flatten_layers"):
         layers += [l for l in model._flatten_layers(include_self=False, recursive=True)
-                   if isinstance(l, BatchNorm)]
+                   if isinstance(l, cls)]
     return layers
 
 
+def batch_norm_layers(model):
+    """Every :class:`BatchNorm` inside ``model`` (a layer or model)."""
+    return layers_of_type(model, BatchNorm)
+
+
 @contextlib.contextmanager
+def _layers_switched(layers, attribute, value):
+    """Set a trace-time switch on ``layers`` within the block, then restore it."""
+    saved = [getattr(layer, attribute) for layer in layers]
+    for layer in layers:
+        setattr(layer, attribute, value)
+    try:
+        yield
+    finally:
+        for layer, old in zip(layers, saved):
+            setattr(layer, attribute, old)
+
+
 def batch_statistics_frozen(model):
     """Within the block, training-mode calls of every :class:`BatchNorm` in
     ``model`` normalise with the batch statistics but do not update the moving
     ones.  For passes whose state writes would be thrown away (the exact
     DARTS hypergradient's two passes): ~15 fewer graph ops per BN to trace.
     Applies to what is traced inside the block."""
-    layers = batch_norm_layers(model)
-    saved = [layer.update_statistics for layer in layers]
-    for layer in layers:
-        layer.update_statistics = False
-    try:
-        yield
-    finally:
-        for layer, value in zip(layers, saved):
-            layer.update_statistics = value
+    return _layers_switched(batch_norm_layers(model), "update_statistics", False)
+
+
+def deterministic_second_derivatives(model):
+    """Within the block, every max :class:`Pool` in ``model`` traces
+    :func:`max_pool_3x3` with right and deterministic derivatives of every
+    order.  For code that takes second derivatives (HVPs, the exact DARTS
+    hypergradient); first-order code keeps TensorFlow's faster plain
+    pooling.  Applies to what is traced inside the block."""
+    return _layers_switched(layers_of_type(model, Pool), "deterministic_second_derivatives", True)
 
 
 def set_batch_norm_fused(model, fused):
@@ -578,6 +597,34 @@ class Conv7x1_1x7(_Operation):
         return {**super().get_config(), "channels": self.channels, "stride": self.stride, "affine": self.affine}
 
 
+def max_pool_3x3(x, stride, deterministic_second_derivatives=False):
+    """3×3 max pooling, padding 1 (the padding never wins).
+
+    ``deterministic_second_derivatives``: the pooling is a gather at the
+    indices of ``tf.nn.max_pool_with_argmax``, so every derivative of any
+    order (nested tapes, ``ForwardAccumulator``) is a gather or scatter at the
+    argmax TensorFlow's first derivative (``MaxPoolGrad``) uses.  TensorFlow's
+    own derivative of ``MaxPoolGrad``, the CPU kernel ``MaxPoolGradGrad``,
+    breaks ties between equal window values differently (a max pool of a
+    max pool has them: 32 % error on an HVP, tested) and differently from
+    call to call under inter-op parallelism (2–4 of 100 exact DARTS
+    hypergradients of a tiny supernet off by up to 1 %).  Slower than the
+    plain kernel (~1.4x for forward + backward), so only where second
+    derivatives are taken (:func:`deterministic_second_derivatives`)."""
+    if stride == 1:  # TF 'SAME' at stride 1 pads 1 on both sides, ignored by max
+        padding = "SAME"
+    else:
+        x, padding = _pad(x, 1, value=x.dtype.min), "VALID"
+    if not deterministic_second_derivatives:
+        return tf.nn.max_pool2d(x, 3, stride, padding)
+    # Only the indices (within each sample) are used: no derivative flows
+    # through the op (forward mode would look for one of its max output).
+    _, argmax = tf.nn.max_pool_with_argmax(tf.stop_gradient(x), 3, stride, padding)
+    batch = tf.shape(x)[0]
+    picked = tf.gather(tf.reshape(x, [batch, -1]), tf.reshape(argmax, [batch, -1]), batch_dims=1)
+    return tf.reshape(picked, [-1, *argmax.shape[1:]])
+
+
 @_register
 class Pool(keras.layers.Layer):
     """3×3 max or average pooling, padding 1; the average excludes the
@@ -589,14 +636,15 @@ class Pool(keras.layers.Layer):
         if kind not in ("max", "avg"):
             raise ValueError(f"Pool: kind must be 'max' or 'avg', got {kind!r}")
         self.kind, self.stride = kind, int(stride)
+        # Trace-time switch (not configuration): see deterministic_second_derivatives.
+        self.deterministic_second_derivatives = False
 
     def call(self, inputs):
         x, s = inputs, self.stride
-        if s == 1:  # TF 'SAME' pools ignore the padding, as the reference does
-            pool = tf.nn.max_pool2d if self.kind == "max" else tf.nn.avg_pool2d
-            return pool(x, 3, 1, "SAME")
         if self.kind == "max":
-            return tf.nn.max_pool2d(_pad(x, 1, value=x.dtype.min), 3, s, "VALID")
+            return max_pool_3x3(x, s, self.deterministic_second_derivatives)
+        if s == 1:  # TF 'SAME' pools ignore the padding, as the reference does
+            return tf.nn.avg_pool2d(x, 3, 1, "SAME")
         summed = tf.nn.avg_pool2d(_pad(x, 1), 3, s, "VALID")
         return summed * self._count_correction(x)
 

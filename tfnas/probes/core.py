@@ -24,6 +24,8 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
+from tfnas.ops import deterministic_second_derivatives
+
 HVP_MODES = ("forward_over_back", "back_over_back")
 
 
@@ -262,7 +264,8 @@ class ModelLoss:
             with tf.autodiff.ForwardAccumulator(primals, tangents) as acc:
                 with tf.GradientTape() as tape:
                     tape.watch(primals)
-                    loss = self._batch_loss(x, y)
+                    with deterministic_second_derivatives(self.model):
+                        loss = self._batch_loss(x, y)
                 grads = tape.gradient(loss, primals, unconnected_gradients=zero)
             hvp = acc.jvp(grads, unconnected_gradients=zero)
         else:
@@ -270,7 +273,8 @@ class ModelLoss:
                 outer.watch(primals)
                 with tf.GradientTape() as inner:
                     inner.watch(primals)
-                    loss = self._batch_loss(x, y)
+                    with deterministic_second_derivatives(self.model):
+                        loss = self._batch_loss(x, y)
                 grads = inner.gradient(loss, primals, unconnected_gradients=zero)
                 grad_dot_vector = tf.add_n([tf.reduce_sum(g * t) for g, t in zip(grads, tangents)])
             hvp = outer.gradient(grad_dot_vector, primals, unconnected_gradients=zero)

@@ -37,7 +37,7 @@ import keras
 import tensorflow as tf
 
 # One place for the reference SGD semantics, the cosine schedule and the clip.
-from tfnas.ops import batch_statistics_frozen
+from tfnas.ops import batch_statistics_frozen, deterministic_second_derivatives
 from tfnas.training import ReferenceSGD, clip_by_global_norm_like_torch, cosine_learning_rate
 
 HESSIAN_MODES = ("fd", "exact")
@@ -259,7 +259,7 @@ class BilevelSearch:
     def _exact_unrolled(self, xt, yt, xv, yv, w, a, xi):
         """∇α L_val(w'(α), α), differentiating through the virtual step."""
         cfg = self.config
-        with tf.GradientTape() as outer:
+        with deterministic_second_derivatives(self.model), tf.GradientTape() as outer:
             outer.watch(a)
             with tf.GradientTape() as inner:
                 inner.watch(w)
