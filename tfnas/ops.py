@@ -617,12 +617,12 @@ def max_pool_3x3(x, stride, deterministic_second_derivatives=False):
         x, padding = _pad(x, 1, value=x.dtype.min), "VALID"
     if not deterministic_second_derivatives:
         return tf.nn.max_pool2d(x, 3, stride, padding)
-    # Only the indices (within each sample) are used: no derivative flows
-    # through the op (forward mode would look for one of its max output).
+    # Only the indices (within each sample) are used; stop_gradient keeps
+    # forward mode from asking for a derivative TensorFlow does not register.
     _, argmax = tf.nn.max_pool_with_argmax(tf.stop_gradient(x), 3, stride, padding)
     batch = tf.shape(x)[0]
     picked = tf.gather(tf.reshape(x, [batch, -1]), tf.reshape(argmax, [batch, -1]), batch_dims=1)
-    return tf.reshape(picked, [-1, *argmax.shape[1:]])
+    return tf.reshape(picked, tf.shape(argmax))
 
 
 @_register
