@@ -152,7 +152,6 @@ def test_pools_match_reference_excluding_padding(kind, stride, size, rng):
     np.testing.assert_allclose(run(layer, x), np_pool(x, kind, stride), atol=1e-12)
 
 
-
 def _max_pool_derivatives(pool, x, v, c, stride):
     """First derivative and Hessian-vector product (double backprop) of
     f(x) = Σ c·pool(sin x)²."""
@@ -226,6 +225,7 @@ def test_deterministic_second_derivatives_switches_the_pools_of_a_model(rng):
         assert all(p.deterministic_second_derivatives for p in pools)
         assert "MaxPoolGradGrad" not in _op_types(hvp_graph())
     assert not any(p.deterministic_second_derivatives for p in pools)
+
 
 def test_factorized_reduce_matches_reference(rng):
     x = rng.normal(size=(2, 8, 8, 6))

@@ -150,7 +150,6 @@ def test_hvp_convnet_with_depthwise_and_bn_modes_agree():
     assert np.abs(hv).max() > 1e-3
 
 
-
 def test_hvp_through_max_pools_matches_finite_differences():
     # tfnas max pools (stride 1 and 2): both modes trace the pools'
     # deterministic second derivative (not TensorFlow's MaxPoolGradGrad) and
@@ -182,6 +181,7 @@ def test_hvp_through_max_pools_matches_finite_differences():
     assert np.abs(fd).max() > 1e-3
     for hv in hvps:
         np.testing.assert_allclose(hv, fd, rtol=0, atol=1e-6 * np.abs(fd).max())
+
 
 def test_gradient_and_loss_match_plain_tape(mlp_case):
     model, data, _ = mlp_case
