@@ -71,12 +71,12 @@ def main():
         trainer = Trainer(model, tf.distribute.get_strategy())
         ds = images.dataset("train", args.batch_size, augment=True, seed=0, epoch=0)
         batches = list(ds.take(args.step_steps + 2))
-        trainer._compile(ds)
+        step_fn = trainer.compiled(ds.element_spec).train
         for b in batches[:2]:                  # trace + warm-up
-            trainer._train_fn(b).numpy()
+            step_fn(b).numpy()
         t = time.perf_counter()
         for b in batches[2:]:
-            trainer._train_fn(b).numpy()
+            step_fn(b).numpy()
         step = args.step_steps * args.batch_size / (time.perf_counter() - t)
         result.update(step_images_per_s=round(step, 1), ratio=round(pipeline / step, 1))
         print(f"training step (small preset, batch {args.batch_size}): {step:.1f} images/s; "

@@ -88,6 +88,34 @@ def test_crop_flip_is_a_padded_crop_of_the_same_image():
     assert len(shifts) > 4 and flips == {0, 1}
 
 
+def test_early_crops_are_unpadded_crops_of_the_same_image():
+    import tensorflow as tf
+    rng = np.random.RandomState(2)
+    x = rng.rand(16, 32, 32, 3).astype(np.float32)
+    out = data._random_crop_flip(tf.constant(x), 0, tf.constant([5, 6], tf.int64),
+                                 tf.constant([7, 8], tf.int64), size=24).numpy()
+    assert out.shape == (16, 24, 24, 3)
+    shifts = set()
+    for i in range(16):
+        matches = [(dy, dx) for dy in range(9) for dx in range(9) for f in (0, 1)
+                   if np.array_equal(out[i], (lambda c: c[:, ::-1] if f else c)(x[i, dy:dy + 24, dx:dx + 24]))]
+        assert matches, f"image {i} is not a 24-pixel crop of its source"
+        shifts.add(matches[0])
+    assert len(shifts) > 4
+
+
+def test_crop_pipeline_and_its_errors(mini):
+    a = [x.numpy() for x, _ in mini.dataset("train", 500, augment=True, seed=3, epoch=1, crop=24)]
+    b = [x.numpy() for x, _ in mini.dataset("train", 500, augment=True, seed=3, epoch=1, crop=24)]
+    assert a[0].shape == (500, 24, 24, 3) and len(a) == 18
+    np.testing.assert_array_equal(a[0], b[0])          # seeded like every augmentation
+    ds = mini.dataset("train", 64, augment=True, epochs=range(0, 2), crop=24)
+    assert ds.element_spec[0].shape.as_list() == [None, 24, 24, 3]
+    for bad, kw in ((40, dict(augment=True)), (0, dict(augment=True)), (24, dict(augment=False))):
+        with pytest.raises(DatasetError, match="crop"):
+            mini.dataset("train", 64, crop=bad, **kw)
+
+
 def test_order_is_a_function_of_seed_and_epoch(mini):
     def labels(**kw):
         return np.concatenate([y.numpy() for _, y in mini.dataset("train_a", 1000, shuffle=True, **kw)])

@@ -205,6 +205,40 @@ def test_mirrored_two_devices_tracks_single_device(runs, full_run):
         assert b["train_loss"] == pytest.approx(a["train_loss"], rel=0.03)
 
 
+_EARLY_CROP_RUNS = """
+import json, sys
+from tfnas import training
+def config():
+    return training.TrainConfig.from_preset(
+        "small", genotype=sys.argv[1], dataset=sys.argv[2], init_channels=4, layers=3, epochs=3,
+        batch_size=32, eval_batch_size=64, seed=1, deterministic=True, histogram_every=0,
+        early_crop=24, early_crop_epochs=2)
+full = training.train(config(), sys.argv[3] + "/full", log=None)
+first = training.train(config(), sys.argv[3] + "/resumed", log=None, stop_after_epochs=1)
+rest = training.train(config(), sys.argv[3] + "/resumed", log=None, resume=True,
+                      export_dir=sys.argv[3] + "/export")
+print(json.dumps({"full": full, "first": first, "rest": rest}))
+"""
+
+
+@pytest.mark.slow
+def test_early_crops_then_full_size_and_resume_across_the_switch(tiny_data, tmp_path):
+    """Two epochs on 24-pixel crops, then one at 32: the training step is
+    traced once per size, and a run stopped inside the crop phase resumes
+    into the full-size phase with the same metrics as an uninterrupted run."""
+    done = subprocess.run([sys.executable, "-c", _EARLY_CROP_RUNS, LIGHT_GENOTYPE, f"folder:{tiny_data}",
+                           str(tmp_path)], capture_output=True, text=True, timeout=600, env=_env(), cwd=REPO)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["full"]["trace_counts"] == {"train": 2, "eval": 1}
+    assert result["first"]["trace_counts"] == {"train": 1, "eval": 1}
+    assert result["rest"]["trace_counts"] == {"train": 2, "eval": 1}   # one crop epoch left, then 32
+    full, resumed = _metrics(str(tmp_path / "full")), _metrics(str(tmp_path / "resumed"))
+    assert [r["train_crop"] for r in full] == [24, 24, None]
+    assert [{k: r[k] for k in COMPARED} for r in resumed] == [{k: r[k] for k in COMPARED} for r in full]
+    assert os.path.isdir(str(tmp_path / "export" / "saved_model"))
+
+
 def _free_ports(n):
     socks = [socket.socket() for _ in range(n)]
     for s in socks:
@@ -255,7 +289,8 @@ def test_unknown_genotype(capsys, tmp_path):
     assert code == 2 and len(err) == 1 and err[0].startswith("error: unknown genotype")
 
 
-@pytest.mark.parametrize("case", ["missing", "empty", "wrong_size", "resume_without_out", "tfds_offline"])
+@pytest.mark.parametrize("case", ["missing", "empty", "wrong_size", "resume_without_out", "tfds_offline",
+                                  "early_crop_too_big"])
 def test_bad_dataset_and_usage(case, capsys, tmp_path, tiny_data):
     args = ["--genotype", "DARTS_V2", "--out", str(tmp_path / "run"), "--no-export"]
     if case == "missing":
@@ -275,6 +310,9 @@ def test_bad_dataset_and_usage(case, capsys, tmp_path, tiny_data):
     elif case == "resume_without_out":
         args = ["--resume"]
         expect = "--resume needs --out"
+    elif case == "early_crop_too_big":
+        args += ["--dataset", f"folder:{tiny_data}", "--early-crop", "32", "--early-crop-epochs", "2"]
+        expect = "--early-crop must be smaller than the 32x32 images"
     else:
         args += ["--dataset", "cifar10", "--data-dir", str(tmp_path / "tfds")]
         expect = "not prepared"

@@ -133,6 +133,19 @@ def test_compiled_once_per_run_and_learns():
     assert int(trainer.optimizer.iterations.numpy()) == 6 * 4
 
 
+def test_one_compiled_step_pair_per_image_size():
+    model = _toy()
+    trainer = training.Trainer(model, tf.distribute.get_strategy(), lr=0.05)
+    full, x, y = _batches(n=32, batch=16)
+    cropped = tf.data.Dataset.from_tensor_slices((x[:, 1:7, 1:7], y)).batch(16)
+    for ds in (cropped, cropped, full, full):
+        trainer.train_epoch(ds)
+    assert trainer.evaluate(full)["examples"] == 32
+    assert trainer.trace_counts == {"train": 2, "eval": 1}
+    assert trainer.compiled(cropped.element_spec) is not trainer.compiled(full.element_spec)
+    assert int(trainer.optimizer.iterations.numpy()) == 8
+
+
 def test_nan_loss_raises_diverged():
     model = _toy()
     trainer = training.Trainer(model, tf.distribute.get_strategy(), lr=0.05)
@@ -155,5 +168,9 @@ def test_presets_and_config():
         training.TrainConfig.from_preset("huge")
     with pytest.raises(training.TrainingConfigError, match="drop_path_prob"):
         training.TrainConfig.from_preset("small", drop_path_prob=1.5).validate()
+    with pytest.raises(training.TrainingConfigError, match="go together"):
+        training.TrainConfig.from_preset("small", early_crop=24, early_crop_epochs=0).validate()
+    with pytest.raises(training.TrainingConfigError, match="early_crop"):
+        training.TrainConfig.from_preset("small", early_crop=-1, early_crop_epochs=2).validate()
     again = training.TrainConfig.from_dict(small.to_dict())
     assert again == small and not math.isnan(again.lr)

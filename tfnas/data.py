@@ -343,10 +343,12 @@ class ImageData:
     def dataset(self, split: str, batch_size: int, *, augment: bool = False, cutout: int = 0,
                 shuffle: bool | None = None, seed: int = 0, epoch: int | None = None,
                 drop_remainder: bool = False, epochs: range | None = None,
-                batches_per_epoch: int | None = None):
+                batches_per_epoch: int | None = None, crop: int | None = None):
         """A batched pipeline over ``split`` (one pass = one epoch).
 
-        ``shuffle`` defaults to ``augment``.  See the module docstring for how
+        ``crop`` (with ``augment``): random ``crop``x``crop`` crops of the
+        unpadded images instead of the padded full-size crop (cheaper steps;
+        see ``TrainConfig.early_crop``).  ``shuffle`` defaults to ``augment``.  See the module docstring for how
         ``seed`` and ``epoch`` fix the order and the augmentation.  ``epochs``
         (a ``range``) instead gives those epochs one after another in one
         pipeline, each exactly as ``epoch=<int>`` would (for a
@@ -357,6 +359,10 @@ class ImageData:
         if batch_size < 1:
             raise DatasetError(f"batch size must be positive, got {batch_size}")
         shuffle = augment if shuffle is None else shuffle
+        height, width = self.info.image_shape[:2]
+        if crop is not None and not (augment and 0 < int(crop) <= min(height, width)):
+            raise DatasetError(f"crop {crop} needs augment=True and a size in 1..{min(height, width)} "
+                               f"(images are {height}x{width})")
         if split not in self._tensors:
             x, y = self._arrays[split]
             with tf.device("/cpu:0"):
@@ -366,7 +372,7 @@ class ImageData:
         seed = int(seed) & 0x7FFFFFFF
         mean = tf.constant(self.info.mean, tf.float32)
         std = tf.constant(self.info.std, tf.float32)
-        pad = 4
+        pad, size = (4, None) if crop is None else (0, int(crop))
 
         def batch_fn(key, index, idx):
             x = tf.gather(images, idx)
@@ -375,7 +381,7 @@ class ImageData:
             if augment:
                 rng = tf.stack([tf.cast(seed, tf.int64) * 1_000_003 + key, index])
                 seeds = tf.random.experimental.stateless_split(rng, 4)
-                x = _random_crop_flip(x, pad, seeds[0], seeds[1])
+                x = _random_crop_flip(x, pad, seeds[0], seeds[1], size)
             x = (x - mean) / std
             if augment and cutout > 0:
                 x = _cutout(x, int(cutout), seeds[2])
@@ -448,14 +454,22 @@ def distribute(dataset, strategy):
     return strategy.experimental_distribute_dataset(dataset)
 
 
-def _random_crop_flip(x, pad, crop_seed, flip_seed):
-    """Per-sample random crop of the zero-padded batch and horizontal flip."""
+def _random_crop_flip(x, pad, crop_seed, flip_seed, size=None):
+    """Per-sample random crop of the batch zero-padded by ``pad`` (``size`` x
+    ``size``; default the image's own size) and horizontal flip."""
     import tensorflow as tf
-    shape = tf.shape(x)
-    b, h, w = shape[0], shape[1], shape[2]
-    padded = tf.pad(x, [[0, 0], [pad, pad], [pad, pad], [0, 0]])
-    offsets = tf.random.stateless_uniform([b, 2], seed=crop_seed, minval=0,
-                                          maxval=2 * pad + 1, dtype=tf.int32)
+    h, w = (x.shape[1], x.shape[2]) if size is None else (size, size)
+    padded = tf.pad(x, [[0, 0], [pad, pad], [pad, pad], [0, 0]]) if pad else x
+    b = tf.shape(x)[0]
+    room_h, room_w = x.shape[1] + 2 * pad - h + 1, x.shape[2] + 2 * pad - w + 1
+    if room_h == room_w:
+        offsets = tf.random.stateless_uniform([b, 2], seed=crop_seed, minval=0, maxval=room_h,
+                                              dtype=tf.int32)
+    else:
+        offsets = tf.stack([tf.random.stateless_uniform([b], seed=crop_seed, maxval=room_h, dtype=tf.int32),
+                            tf.random.stateless_uniform(
+                                [b], seed=tf.random.experimental.stateless_fold_in(crop_seed, 1),
+                                maxval=room_w, dtype=tf.int32)], axis=1)
     rows = offsets[:, :1] + tf.range(h)[None, :]
     cols = offsets[:, 1:] + tf.range(w)[None, :]
     x = tf.gather(padded, rows, axis=1, batch_dims=1)

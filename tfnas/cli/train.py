@@ -21,6 +21,7 @@ _OVERRIDES = {
     "init_channels": int, "layers": int, "epochs": int, "batch_size": int, "eval_batch_size": int,
     "lr": float, "lr_min": float, "momentum": float, "weight_decay": float, "grad_clip": float,
     "auxiliary_weight": float, "cutout": int, "drop_path_prob": float, "validation": float,
+    "early_crop": int, "early_crop_epochs": int,
     "histogram_every": int, "intra_op_threads": int, "inter_op_threads": int,
 }
 _HELP = {
@@ -32,6 +33,9 @@ _HELP = {
     "grad_clip": "global gradient-norm clip", "auxiliary_weight": "weight of the auxiliary loss",
     "cutout": "cutout square size in pixels (0: off)",
     "drop_path_prob": "final drop-path probability (ramps linearly from 0)",
+    "early_crop": "train the first --early-crop-epochs epochs on random crops of this many pixels "
+                  "of the unpadded images (cheaper steps; 0: off)",
+    "early_crop_epochs": "how many epochs train on --early-crop crops",
     "validation": "examples (or a fraction < 1) carved from train and evaluated each epoch",
     "histogram_every": "weight histograms every N epochs (0: never)",
     "intra_op_threads": "TensorFlow intra-op threads", "inter_op_threads": "TensorFlow inter-op threads",
