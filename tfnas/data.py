@@ -44,7 +44,9 @@ needs); with ``epoch=None`` every iteration draws a fresh epoch key from
 Augmentation (``augment=True``), as the DARTS reference: random 32x32 crop of
 the image zero-padded by 4 pixels, horizontal flip, normalise, then cutout of
 a ``cutout``-pixel square (centre uniform over the image, clipped at the
-border, set to 0 after normalisation).  It runs per batch, vectorised.
+border, set to 0 after normalisation).  With ``crop=S`` the crop is instead
+an SxS window of the unpadded image (``train.py --early-crop``).  It runs
+per batch, vectorised.
 
 Speed: images are decoded once into memory (uint8); folder datasets are
 also cached on disk (``$TFNAS_CACHE_DIR`` or ``~/.cache/tfnas``) keyed by the
@@ -348,8 +350,9 @@ class ImageData:
 
         ``crop`` (with ``augment``): random ``crop``x``crop`` crops of the
         unpadded images instead of the padded full-size crop (cheaper steps;
-        see ``TrainConfig.early_crop``).  ``shuffle`` defaults to ``augment``.  See the module docstring for how
-        ``seed`` and ``epoch`` fix the order and the augmentation.  ``epochs``
+        see ``TrainConfig.early_crop``).  ``shuffle`` defaults to
+        ``augment``.  See the module docstring for how ``seed`` and
+        ``epoch`` fix the order and the augmentation.  ``epochs``
         (a ``range``) instead gives those epochs one after another in one
         pipeline, each exactly as ``epoch=<int>`` would (for a
         :class:`BatchStream`); ``batches_per_epoch`` truncates every epoch."""

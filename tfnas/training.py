@@ -109,8 +109,8 @@ class TrainConfig:
     auxiliary_weight: float = _SMALL["auxiliary_weight"]
     cutout: int = _SMALL["cutout"]
     drop_path_prob: float = _SMALL["drop_path_prob"]
-    early_crop: int = _SMALL.get("early_crop", 0)               # pixels; 0 = off
-    early_crop_epochs: int = _SMALL.get("early_crop_epochs", 0)
+    early_crop: int = 0             # pixels; 0 = off (no preset sets it)
+    early_crop_epochs: int = 0
     validation: float = 0           # examples (or fraction) carved from train, also evaluated
     seed: int = 0
     deterministic: bool = False
@@ -581,6 +581,7 @@ def train(config: TrainConfig, out_dir: str, *, resume: bool = False, export_dir
     stream_is_tty = log is not None and hasattr(log, "isatty") and log.isatty()
     end_epoch = config.epochs if stop_after_epochs is None else min(config.epochs, start_epoch + stop_after_epochs)
     train_augmented = dict(augment=True, cutout=config.cutout, seed=config.seed)
+
     def crop_of(epoch):   # the training crop of a (0-based) epoch; None = the usual padded crop
         return config.early_crop if epoch < config.early_crop_epochs else None
 
