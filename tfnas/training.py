@@ -270,9 +270,9 @@ class ReferenceSGD:
 
 class CompiledSteps(NamedTuple):
     """A trainer's compiled steps for one batch spec: ``train(batch)`` and
-    ``eval(batch)`` each return ``[loss sum, correct, count]``."""
+    ``evaluate(batch)`` each return ``[loss sum, correct, count]``."""
     train: Callable
-    eval: Callable
+    evaluate: Callable
 
 
 class Trainer:
@@ -416,7 +416,7 @@ class Trainer:
         total = None
         compiled, batches = self._batches(dataset)
         for batch in batches:
-            sums = compiled.eval(batch)
+            sums = compiled.evaluate(batch)
             total = sums if total is None else total + sums
         loss_sum, correct, count = (float(v) for v in total.numpy())
         return {"loss": loss_sum / count, "acc": correct / count, "examples": int(count)}
