@@ -39,6 +39,7 @@ NetworkCIFAR calling convention), :class:`ReferenceSGD`,
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import math
 import os
@@ -587,13 +588,13 @@ def train(config: TrainConfig, out_dir: str, *, resume: bool = False, export_dir
 
     if long_lived_iterators:
         # One iterator per pipeline for the whole run (see tfnas.data.BatchStream);
-        # with early crops, one per image size (kept until the end of the run).
-        switch = min(max(config.early_crop_epochs, start_epoch), end_epoch)
-        train_streams = {crop_of(first): trainer.stream(data.dataset(
-            "train", config.batch_size, epochs=epochs, crop=crop_of(first), **train_augmented),
-            steps_per_epoch)
-            for first, epochs in ((start_epoch, range(start_epoch, switch)), (switch, range(switch, end_epoch)))
-            if len(epochs)}
+        # with early crops, one per run of epochs with the same crop (kept to the end).
+        train_streams = {}
+        for crop, group in itertools.groupby(range(start_epoch, end_epoch), key=crop_of):
+            group = list(group)
+            train_streams[crop] = trainer.stream(data.dataset(
+                "train", config.batch_size, epochs=range(group[0], group[-1] + 1), crop=crop,
+                **train_augmented), steps_per_epoch)
         eval_data = {s: trainer.stream(data.dataset(s, config.eval_batch_size).repeat(),
                                        data.batches_per_epoch(s, config.eval_batch_size))
                      for s in eval_splits}
