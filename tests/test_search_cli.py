@@ -86,6 +86,8 @@ def test_killed_search_resumes_to_the_same_alphas(tmp_path, cifar_mini, capsys):
     assert resumed.returncode == 0, resumed.stderr
     out = resumed.stdout
     assert "resumed" in out or "nothing" in out or "epoch 2/2" in out
+    # Said before the long silent first step, not after it.
+    assert out.index("compiling the search step") < out.index("first step (includes tracing)")
 
     records, resumed_alphas = _final_alphas(killed)
     _, straight_alphas = _final_alphas(straight)
