@@ -510,16 +510,19 @@ def train(config: TrainConfig, out_dir: str, *, resume: bool = False, export_dir
         else resolve_genotype(config.genotype)
     config.genotype_resolved = {**genotype.to_dict(), "name": genotype.name}
 
-    # Process-level TF settings come before any op (see runtime.inter_op_threads).
-    long_lived_iterators = config.strategy != "multiworker"
+    # Process-level TF settings come before any op, hence before the strategy
+    # exists: the pool follows the configured name (see runtime.inter_op_threads).
     runtime.configure_threads(config.intra_op_threads, runtime.inter_op_threads(
-        config.inter_op_threads, iterators_per_epoch=not long_lived_iterators))
+        config.inter_op_threads, iterators_per_epoch=config.strategy == "multiworker"))
     import keras
     import tensorflow as tf
     if config.deterministic:
         tf.config.experimental.enable_op_determinism()
     if strategy is None:
         strategy = make_strategy(config.strategy)
+    from tfnas.data import is_multiworker
+    # The streams follow the strategy actually used (a caller may pass one).
+    long_lived_iterators = not is_multiworker(strategy)
     keras.utils.set_random_seed(config.seed)
     is_chief, task_id = _task_info(strategy)
     if not is_chief:   # other workers keep private checkpoints (collectives need them all)
