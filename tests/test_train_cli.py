@@ -239,6 +239,34 @@ def test_early_crops_then_full_size_and_resume_across_the_switch(tiny_data, tmp_
     assert os.path.isdir(str(tmp_path / "export" / "saved_model"))
 
 
+def test_streams_follow_the_strategy_passed_in(tiny_data, tmp_path, monkeypatch):
+    """train() picks its data streams by the strategy it runs under, not by
+    the configured name: under a multi-worker strategy (faked: one process
+    cannot form a cluster) every epoch gets its own pipeline instead of the
+    long-lived streams."""
+    import tensorflow as tf
+    from tfnas import data as data_lib
+    from tfnas import training
+    streams = []
+    original = training.Trainer.stream
+    monkeypatch.setattr(training.Trainer, "stream",
+                        lambda self, *args: streams.append(args) or original(self, *args))
+
+    def run(name):
+        config = training.TrainConfig.from_preset(
+            "small", genotype=LIGHT_GENOTYPE, dataset=f"folder:{tiny_data}", init_channels=4,
+            layers=3, epochs=1, batch_size=32, eval_batch_size=64, histogram_every=0)
+        return training.train(config, str(tmp_path / name), log=None,
+                              strategy=tf.distribute.get_strategy())
+
+    assert run("plain")["final"]["epoch"] == 1
+    assert len(streams) == 2   # train + test, each one iterator for the run
+    streams.clear()
+    monkeypatch.setattr(data_lib, "is_multiworker", lambda strategy: True)
+    assert run("multiworker")["final"]["epoch"] == 1
+    assert streams == []
+
+
 def _free_ports(n):
     socks = [socket.socket() for _ in range(n)]
     for s in socks:
