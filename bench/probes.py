@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import sys
 import time
 
@@ -34,21 +33,12 @@ import keras  # noqa: E402
 
 from tfnas import data as data_lib  # noqa: E402
 from tfnas.networks import NetworkCIFAR  # noqa: E402
+from timing import median_seconds  # noqa: E402  (bench/timing.py)
 from tfnas.probes import ModelLoss, as_batches, cast_model, lanczos, loss_landscape, power_iteration  # noqa: E402
 
 SHARED = os.environ.get("TFNAS_SHARED", os.path.join(os.path.dirname(__file__), "..", "..", "shared"))
 DATA = "folder:" + os.path.abspath(os.path.join(SHARED, "data", "cifar10-mini"))
 LOSS = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
-
-
-def timed(fn, repeats):
-    fn()                                     # warm-up (tracing)
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 def first_within(history, reference, rel=0.01):
@@ -84,11 +74,11 @@ def main():
     results = {}
     loss = ModelLoss(model, LOSS)        # back-over-back, the default
     v = np.random.default_rng(0).standard_normal(loss.size)
-    grad_s = timed(lambda: loss.batch_gradient(x, y), repeats)
+    grad_s = median_seconds(lambda: loss.batch_gradient(x, y), 1, repeats)
     print(f"gradient, batch 64: {grad_s * 1e3:.0f} ms", flush=True)
     for mode in ("forward_over_back", "back_over_back"):
         hvp_loss = ModelLoss(model, LOSS, hvp_mode=mode)
-        hvp_s = timed(lambda: hvp_loss.batch_hvp(x, y, v), repeats)
+        hvp_s = median_seconds(lambda: hvp_loss.batch_hvp(x, y, v), 1, repeats)
         results[mode] = hvp_s / grad_s
         print(f"HVP {mode}: {hvp_s * 1e3:.0f} ms = {hvp_s / grad_s:.2f} x gradient "
               f"(traced {hvp_loss.tracing_counts['hvp']}x)", flush=True)

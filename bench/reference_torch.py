@@ -19,12 +19,12 @@ import argparse
 import json
 import os
 import resource
-import statistics
-import time
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from timing import median_seconds  # bench/timing.py (this script's folder)
 
 # DARTS_V2 from the reference's genotypes.py
 DARTS_V2_NORMAL = [("sep_conv_3x3", 0), ("sep_conv_3x3", 1), ("sep_conv_3x3", 0), ("sep_conv_3x3", 1),
@@ -256,18 +256,6 @@ class SearchNetwork(nn.Module):
 
 def _batch(batch_size):
     return torch.randn(batch_size, 3, 32, 32), torch.randint(0, 10, (batch_size,))
-
-
-def median_seconds(step, warmup, steps):
-    """Median wall time of ``step()`` over ``steps`` calls after ``warmup``."""
-    for _ in range(warmup):
-        step()
-    times = []
-    for _ in range(steps):
-        t0 = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 def time_train(args):
