@@ -466,11 +466,10 @@ class EpochProgress:
 
 # -- the whole run ---------------------------------------------------------------------
 
-def _task_info(strategy):
+def _task_info(strategy, multiworker: bool):
     """(is_chief, task id) of this worker (single process: chief)."""
-    from tfnas.data import is_multiworker
     resolver = getattr(strategy, "cluster_resolver", None)
-    if not is_multiworker(strategy) or resolver is None or resolver.task_type is None:
+    if not multiworker or resolver is None or resolver.task_type is None:
         return True, 0
     task_type, task_id = resolver.task_type, int(resolver.task_id or 0)
     return task_type == "chief" or (task_type == "worker" and task_id == 0), task_id
@@ -522,9 +521,10 @@ def train(config: TrainConfig, out_dir: str, *, resume: bool = False, export_dir
         strategy = make_strategy(config.strategy)
     from tfnas.data import is_multiworker
     # The streams follow the strategy actually used (a caller may pass one).
-    long_lived_iterators = not is_multiworker(strategy)
+    multiworker = is_multiworker(strategy)
+    long_lived_iterators = not multiworker
     keras.utils.set_random_seed(config.seed)
-    is_chief, task_id = _task_info(strategy)
+    is_chief, task_id = _task_info(strategy, multiworker)
     if not is_chief:   # other workers keep private checkpoints (collectives need them all)
         run = RunDir(os.path.join(out_dir, "workers", str(task_id)))
         log = None

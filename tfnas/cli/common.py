@@ -61,6 +61,20 @@ class ArgumentParser(argparse.ArgumentParser):
         raise SystemExit(2)
 
 
+def flags_set(parser: argparse.ArgumentParser, args: argparse.Namespace,
+              ignore: Sequence[str] = ()) -> list:
+    """The ``--flags`` of ``args`` given a value other than their default,
+    except the destinations in ``ignore`` (e.g. to name the flags that
+    ``--resume`` would not apply)."""
+    names = {}   # dest -> its long flags (--auxiliary/--no-auxiliary share one dest)
+    for action in parser._actions:
+        if not action.option_strings or action.dest in ignore or action.dest == "help":
+            continue
+        if getattr(args, action.dest, None) != action.default:
+            names.setdefault(action.dest, []).append(max(action.option_strings, key=len))
+    return sorted("/".join(flags) for flags in names.values())
+
+
 def print_json(obj) -> None:
     print(json.dumps(obj, indent=2, default=_json_default))
 

@@ -15,7 +15,7 @@ import os
 import sys
 import time
 
-from tfnas.cli.common import ArgumentParser, UsageError, print_json, run_cli
+from tfnas.cli.common import ArgumentParser, UsageError, flags_set, print_json, run_cli
 
 # flag -> setting (SearchSettings field or DartsConfig field), with its type and help
 _OVERRIDES = {
@@ -117,7 +117,8 @@ def _dry_run(settings):
 
 
 def _main(argv=None):
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     if args.method == "enas":
         raise UsageError("--method enas is not implemented yet (ENAS search is a later issue); "
                          "use --method darts, or --method darts --space enas to search the "
@@ -139,9 +140,10 @@ def _main(argv=None):
     if args.resume:
         if not args.out:
             raise UsageError("--resume needs --out DIR (the run directory to continue)")
-        if args.dataset or args.preset or args.order or args.hessian:
-            raise UsageError("--resume continues the search as configured in its config.json; "
-                             "drop --dataset/--preset/--order/--hessian (--epochs may change)")
+        ignored = flags_set(parser, args, ignore=("out", "resume", "epochs", "cpu_devices", "json"))
+        if ignored:
+            raise UsageError(f"--resume continues the search as configured in its config.json; "
+                             f"drop {', '.join(ignored)} (only --epochs may change)")
         from tfnas.search.loop import run_darts_search, SearchSettings
         settings = SearchSettings(epochs=args.epochs or 0) if args.epochs else None
         summary = run_darts_search(settings, args.out, resume=True, log=log)

@@ -14,7 +14,7 @@ import re
 import sys
 import time
 
-from tfnas.cli.common import ArgumentParser, UsageError, print_json, run_cli
+from tfnas.cli.common import ArgumentParser, UsageError, flags_set, print_json, run_cli
 
 # flag -> TrainConfig field, for the hyper-parameter overrides
 _OVERRIDES = {
@@ -110,8 +110,14 @@ def _default_out(genotype_name: str) -> str:
     return os.path.join("runs", f"{safe}-{time.strftime('%Y%m%d-%H%M%S')}")
 
 
+# what --resume may change; every other flag is the stored config's
+_RESUME_MAY_CHANGE = ("out", "resume", "epochs", "strategy", "cpu_devices", "export_dir",
+                      "no_export", "json")
+
+
 def _main(argv=None):
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     if args.cpu_devices is not None:
         if args.cpu_devices < 1:
             raise UsageError("--cpu-devices must be >= 1")
@@ -125,9 +131,10 @@ def _main(argv=None):
     if args.resume:
         if not args.out:
             raise UsageError("--resume needs --out DIR (the run directory to continue)")
-        if args.genotype or args.dataset or args.preset:
-            raise UsageError("--resume continues the run as configured in its config.json; "
-                             "drop --genotype/--dataset/--preset (--epochs and --strategy may change)")
+        ignored = flags_set(parser, args, ignore=_RESUME_MAY_CHANGE)
+        if ignored:
+            raise UsageError(f"--resume continues the run as configured in its config.json; drop "
+                             f"{', '.join(ignored)} (only --epochs and --strategy may change)")
         config_path = os.path.join(args.out, "config.json")
         if not os.path.isfile(config_path):
             raise UsageError(f"cannot resume: {config_path} not found")
