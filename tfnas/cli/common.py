@@ -66,11 +66,16 @@ def flags_set(parser: argparse.ArgumentParser, args: argparse.Namespace,
     """The ``--flags`` of ``args`` given a value other than their default,
     except the destinations in ``ignore`` (e.g. to name the flags that
     ``--resume`` would not apply)."""
-    names = {}   # dest -> its long flags (--auxiliary/--no-auxiliary share one dest)
+    # a destination's unset value is its first action's default (argparse sets
+    # them in order); --auxiliary/--no-auxiliary share one, with defaults None/True
+    unset = {}
+    for action in parser._actions:
+        unset.setdefault(action.dest, action.default)
+    names = {}   # dest -> its long flags
     for action in parser._actions:
         if not action.option_strings or action.dest in ignore or action.dest == "help":
             continue
-        if getattr(args, action.dest, None) != action.default:
+        if getattr(args, action.dest, None) != unset[action.dest]:
             names.setdefault(action.dest, []).append(max(action.option_strings, key=len))
     return sorted("/".join(flags) for flags in names.values())
 
