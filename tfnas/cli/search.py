@@ -47,8 +47,8 @@ def build_parser() -> ArgumentParser:
                    help="1: first-order DARTS; 2: unrolled (second-order) alpha gradient")
     p.add_argument("--hessian", choices=("fd", "exact"), default=None,
                    help="second order: fd (reference finite differences, default) or exact "
-                        "(differentiate through the virtual step; slow to compile: ~15 min and "
-                        "8.7 GB for the small preset, over 25 min at C=16, 8 layers on a 2-core CPU)")
+                        "(differentiate through the virtual step; slow to compile: 15 min or more on a "
+                        "2-core CPU, peaking at 8.7 GB for the small preset and 13.7 GB at C=16, 8 layers)")
     p.add_argument("--preset", choices=("paper", "small"), default=None,
                    help="paper (50 epochs, batch 64, C=16, 8 layers) or small (minutes on a "
                         "2-core CPU: C=8, 5 layers, 3 epochs of 10 batch pairs of 32); default small")
