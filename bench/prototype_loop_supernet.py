@@ -13,7 +13,9 @@ first-order step = alpha pass + weight pass with plain updates.  Forms:
   source, weights and alphas gathered by edge index): one traced mixed
   operation per cell;
 * ``--per-node``: with ``loop``, one loop per node instead of per cell;
-* ``--recompute``: each cell wrapped in ``tf.recompute_grad``.
+* ``--recompute``: each cell wrapped in ``tf.recompute_grad``;
+* ``--same-padding``: stride-1 convolutions and pools with SAME padding
+  (symmetric there) instead of explicit pads, 1x1 convolutions as matmuls.
 
 The padding and stride-2 dilated convolutions are simplified (costs, not
 numbers, are the point).  Results and their reading: docs/benchmarks.md, "A
@@ -44,6 +46,8 @@ _p.add_argument("--init-channels", type=int, default=16)
 _p.add_argument("--layers", type=int, default=8)
 _p.add_argument("--batch-size", type=int, default=16)
 _p.add_argument("--steps", type=int, default=3)
+_p.add_argument("--same-padding", action="store_true",
+                help="stride 1: SAME padding instead of explicit pads, 1x1 convs as matmuls")
 _p.add_argument("--intra", type=int, default=1, help="intra-op threads (search.py: 1)")
 ARGS = _p.parse_args()
 
@@ -74,6 +78,8 @@ def bn(x):  # non-affine, batch statistics
 
 
 def dw(x, k, ksize, stride, dil):
+    if stride == 1 and ARGS.same_padding:   # odd (dilated) kernels at stride 1: SAME is symmetric
+        return tf.nn.depthwise_conv2d(x, k, [1, 1, 1, 1], "SAME", dilations=[dil, dil])
     pad = dil * (ksize - 1) // 2
     x = tf.pad(x, [[0, 0], [pad, pad], [pad, pad], [0, 0]])
     if stride == 2 and dil > 1:
@@ -83,10 +89,15 @@ def dw(x, k, ksize, stride, dil):
 
 
 def pw(x, w):
+    if ARGS.same_padding:   # a 1x1 convolution as a matmul (as tfnas.ops does)
+        b, h, wd, c = x.shape
+        return tf.reshape(tf.reshape(x, [-1, c]) @ w[0, 0], [b, h, wd, w.shape[-1]])
     return tf.nn.conv2d(x, w, 1, "VALID")
 
 
 def pool(x, kind, stride):
+    if stride == 1 and ARGS.same_padding:   # TF's SAME average pool excludes the padding
+        return (tf.nn.max_pool2d if kind == "max" else tf.nn.avg_pool2d)(x, 3, 1, "SAME")
     if kind == "max":
         xp = tf.pad(x, [[0, 0], [1, 1], [1, 1], [0, 0]], constant_values=-1e30)
         return tf.nn.max_pool2d(xp, 3, stride, "VALID")
@@ -267,5 +278,5 @@ for _ in range(STEPS):
     float(step(*b))
     times.append(time.perf_counter() - t0)
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-print(json.dumps({"form": MODE, "recompute": RECOMPUTE, "per_node": ARGS.per_node, "intra": ARGS.intra, "C": C0, "layers": LAYERS, "batch": BATCH, "s_per_step": round(float(np.median(times)), 3), "first_call_s": round(first, 1),
+print(json.dumps({"form": MODE, "recompute": RECOMPUTE, "per_node": ARGS.per_node, "same_padding": ARGS.same_padding, "intra": ARGS.intra, "C": C0, "layers": LAYERS, "batch": BATCH, "s_per_step": round(float(np.median(times)), 3), "first_call_s": round(first, 1),
                   "peak_rss_mb": round(peak), "graph_ops": ops}))
