@@ -251,9 +251,12 @@ class ReferenceSGD:
         momentum, decay = self.momentum, self.weight_decay
 
         def update(var, grad, buf, lr):
-            new_buf = momentum * buf + (grad + decay * var)
-            buf.assign(new_buf)
-            return var.assign_sub(tf.cast(lr, var.dtype) * new_buf)
+            # One fused kernel (buf = μ·buf + g'; w -= lr·buf) instead of ~10
+            # ops per variable: the search step updates ~1,400 tensors, and
+            # graph size is trace time and memory.
+            return tf.raw_ops.ResourceApplyMomentum(
+                var=var.handle, accum=buf.handle, lr=tf.cast(lr, var.dtype),
+                grad=grad + decay * var, momentum=tf.constant(momentum, var.dtype))
 
         def merge(strategy, grads, lr):
             for var, grad, buf in zip(variables, grads, self.buffers):
