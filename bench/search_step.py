@@ -9,6 +9,11 @@ Reference PyTorch on this machine type: 5.0–7.45 s first order, 15.65 s
 second order (fd), peak 2.7–3.5 GB.
 
     python bench/search_step.py [--steps 3] [--modes order1,order2_fd,order2_exact] [--torch-python PY]
+    python bench/search_step.py --low-memory --modes order1,order2_fd
+
+``--low-memory`` measures ``SearchNetwork(low_memory=True)`` (search.py
+``--low-memory``: each normal cell's edges in one loop, activations
+recomputed); it does not apply to ``order2_exact``.
 
 With ``--torch-python PY`` (an interpreter that has PyTorch; not a tfnas
 dependency) the PyTorch reference (bench/reference_torch.py) is re-timed in
@@ -31,7 +36,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 MODES = {"order1": (1, "fd"), "order2_fd": (2, "fd"), "order2_exact": (2, "exact")}
 
 
-def run_mode(mode, steps, C, layers, batch, inter=None):
+def run_mode(mode, steps, C, layers, batch, inter=None, low_memory=False):
     from tfnas.runtime import configure_threads, inter_op_threads, quiet_tensorflow
     quiet_tensorflow()
     import numpy as np
@@ -42,7 +47,8 @@ def run_mode(mode, steps, C, layers, batch, inter=None):
 
     order, hessian = MODES[mode]
     t0 = time.perf_counter()
-    model = SearchNetwork(C, layers, 10, bn_fused=False if hessian == "exact" else None)
+    model = SearchNetwork(C, layers, 10, bn_fused=False if hessian == "exact" else None,
+                          low_memory=low_memory)
     model.build_for((32, 32, 3))
     search = BilevelSearch(model, DartsConfig(order=order, hessian=hessian))
     build_s = time.perf_counter() - t0
@@ -66,7 +72,8 @@ def run_mode(mode, steps, C, layers, batch, inter=None):
     step_s = float(np.median(times))
     return {"mode": mode, "s_per_step": step_s, "steps": times, "build_s": build_s,
             "first_call_s": first_s, "trace_s": first_s - step_s, "peak_rss_mb": peak_mb,
-            "inter_op_threads": inter_op_threads(inter), "loadavg": os.getloadavg()[0]}
+            "inter_op_threads": inter_op_threads(inter), "low_memory": low_memory,
+            "loadavg": os.getloadavg()[0]}
 
 
 def main(argv=None):
@@ -80,10 +87,15 @@ def main(argv=None):
                         help="inter-op threads (default: what search.py uses)")
     parser.add_argument("--torch-python", default=None,
                         help="python with torch: also time the PyTorch reference in this run")
+    parser.add_argument("--low-memory", action="store_true",
+                        help="the low-memory search network (search.py --low-memory)")
     parser.add_argument("--one", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.low_memory and "order2_exact" in (args.one or args.modes).split(","):
+        parser.error("--low-memory does not apply to order2_exact (first derivatives only)")
     if args.one:
-        print(json.dumps(run_mode(args.one, args.steps, args.C, args.layers, args.batch, args.inter)))
+        print(json.dumps(run_mode(args.one, args.steps, args.C, args.layers, args.batch, args.inter,
+                                  args.low_memory)))
         return 0
     results = {}
     for mode in args.modes.split(","):
@@ -91,6 +103,8 @@ def main(argv=None):
                "--C", str(args.C), "--layers", str(args.layers), "--batch", str(args.batch)]
         if args.inter:
             cmd += ["--inter", str(args.inter)]
+        if args.low_memory:
+            cmd += ["--low-memory"]
         out = subprocess.run(cmd, capture_output=True, text=True)
         if out.returncode != 0:
             print(out.stderr[-3000:], file=sys.stderr)
@@ -128,7 +142,8 @@ def main(argv=None):
         "peak_rss_mb_per_mode": {m: r["peak_rss_mb"] for m, r in results.items()},
         "trace_s": max(r["trace_s"] for r in results.values()),
         "trace_s_per_mode": {m: r["trace_s"] for m, r in results.items()},
-        "config": {"C": args.C, "layers": args.layers, "batch": args.batch, "steps": args.steps},
+        "config": {"C": args.C, "layers": args.layers, "batch": args.batch, "steps": args.steps,
+                   "low_memory": args.low_memory},
         "loadavg": os.getloadavg()[0],
     })
     print(json.dumps(summary))

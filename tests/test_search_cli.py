@@ -29,6 +29,7 @@ def test_enas_method_is_a_clear_error(capsys):
     (["--resume"], "--resume needs --out"),
     (["--order", "1", "--hessian", "exact"], "--hessian applies to --order 2 only"),
     (["--epochs", "0"], "--epochs must be >= 1"),
+    (["--order", "2", "--hessian", "exact", "--low-memory"], "use hessian fd"),
     (["--dataset", "folder:/nonexistent/data", "--out", "unused"], "error:"),
 ])
 def test_bad_input_is_one_line(argv, message, capsys, tmp_path):

@@ -49,6 +49,10 @@ def build_parser() -> ArgumentParser:
                    help="second order: fd (reference finite differences, default) or exact "
                         "(differentiate through the virtual step; slow to compile: 15 min or more on a "
                         "2-core CPU, peaking at 8.7 GB for the small preset and 13.7 GB at C=16, 8 layers)")
+    p.add_argument("--low-memory", action="store_true", default=None,
+                   help="run each normal cell's edges in one loop and recompute activations in "
+                        "the backward pass: the same search in less memory, but slower "
+                        "(see docs/benchmarks.md); not with --hessian exact")
     p.add_argument("--preset", choices=("paper", "small"), default=None,
                    help="paper (50 epochs, batch 64, C=16, 8 layers) or small (minutes on a "
                         "2-core CPU: C=8, 5 layers, 3 epochs of 10 batch pairs of 32); default small")
@@ -84,7 +88,8 @@ def _settings_from_args(args):
     overrides = {name: getattr(args, name) for name in _OVERRIDES}
     overrides.update(order=args.order, hessian=args.hessian, space=args.space,
                      dataset=args.dataset, data_dir=args.data_dir, seed=args.seed,
-                     deterministic=args.deterministic, strategy=args.strategy)
+                     deterministic=args.deterministic, strategy=args.strategy,
+                     low_memory=args.low_memory)
     for name in ("epochs", "batch_size", "init_channels", "layers"):
         if overrides[name] is not None and overrides[name] < 1:
             raise UsageError(f"--{name.replace('_', '-')} must be >= 1")
@@ -113,7 +118,7 @@ def _dry_run(settings):
             "alpha_shape": list(model.alphas_normal.shape), "init_channels": settings.init_channels,
             "layers": settings.layers, "num_classes": 10, "space": space.to_dict(),
             "order": settings.darts["order"], "hessian": settings.darts["hessian"],
-            "weight_tensors": len(model.weight_variables), "build_seconds": round(time.time() - t0, 1)}
+            "low_memory": settings.low_memory, "weight_tensors": len(model.weight_variables), "build_seconds": round(time.time() - t0, 1)}
 
 
 def _main(argv=None):

@@ -258,6 +258,10 @@ class BilevelSearch:
 
     def _exact_unrolled(self, xt, yt, xv, yv, w, a, xi):
         """∇α L_val(w'(α), α), differentiating through the virtual step."""
+        if getattr(self.model, "low_memory", False):
+            raise ValueError("the exact hypergradient needs second derivatives, which a "
+                             "low_memory search network (recomputed activations) does not "
+                             "give; use hessian='fd' or low_memory=False")
         cfg = self.config
         with deterministic_second_derivatives(self.model), tf.GradientTape() as outer:
             outer.watch(a)

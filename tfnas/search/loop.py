@@ -52,6 +52,7 @@ class SearchSettings:
     seed: int = 0
     deterministic: bool = False
     strategy: str = "default"
+    low_memory: bool = False      # SearchNetwork(low_memory=...): slower, less memory
     darts: dict = field(default_factory=lambda: DartsConfig().to_dict())
 
     @classmethod
@@ -70,7 +71,11 @@ class SearchSettings:
                 darts[key] = value
             else:
                 raise ValueError(f"unknown search setting {key!r}")
-        values["darts"] = DartsConfig.from_dict(darts).to_dict()  # validates
+        config = DartsConfig.from_dict(darts)  # validates
+        if values.get("low_memory") and config.order == 2 and config.hessian == "exact":
+            raise ValueError("low memory (recomputed activations) gives first derivatives only; "
+                             "the exact hypergradient needs second ones: use hessian fd")
+        values["darts"] = config.to_dict()
         return cls(**values)
 
     @classmethod
@@ -103,12 +108,14 @@ class SearchSettings:
 
 def build_search_network(settings: SearchSettings, num_classes: int, image_shape):
     """The (built) search network of ``settings``; second order with the
-    exact hypergradient uses the differentiable BN path."""
+    exact hypergradient uses the differentiable BN path, ``low_memory`` the
+    loop-and-recompute form."""
     from tfnas.search.supernet import SearchNetwork
     cfg = settings.darts_config
     bn_fused = False if (cfg.order == 2 and cfg.hessian == "exact") else None
     model = SearchNetwork(settings.init_channels, settings.layers, num_classes,
-                          space=settings.cell_space, bn_fused=bn_fused)
+                          space=settings.cell_space, bn_fused=bn_fused,
+                          low_memory=settings.low_memory)
     return model.build_for(tuple(image_shape))
 
 

@@ -13,6 +13,14 @@ each gets its own optimizer.
 A search cell concatenates all its intermediate nodes whatever the space's
 concat rule: which nodes are loose ends is only known after derivation
 (:mod:`tfnas.search.derive` applies the rule).
+
+``low_memory=True`` computes the same function in less memory (measured in
+``docs/benchmarks.md``): every cell runs its edges in ``tf.while_loop``
+loops over an edge index (one traced mixed operation per loop instead of one
+per edge: a smaller graph), and in training mode the loops' activations are
+recomputed in the backward pass (``tf.recompute_grad``) instead of kept.
+It trades speed for memory, takes first derivatives only (not the exact
+hypergradient) and keeps the variables and checkpoints of the unrolled form.
 """
 
 from __future__ import annotations
@@ -111,12 +119,13 @@ class SearchCell(keras.layers.Layer):
     earlier node; the output concatenates all intermediate nodes."""
 
     def __init__(self, channels, reduction, reduction_prev, space=DARTS_SPACE, bn_fused=None,
-                 **kwargs):
+                 low_memory=False, **kwargs):
         super().__init__(**kwargs)
         self.space = _space(space)
         self.channels = int(channels)
         self.reduction, self.reduction_prev = bool(reduction), bool(reduction_prev)
         self.bn_fused = bn_fused
+        self.low_memory = bool(low_memory)
         dt = self.dtype_policy
         if self.reduction_prev:
             self.preprocess0 = FactorizedReduce(self.channels, affine=False, dtype=dt,
@@ -153,6 +162,8 @@ class SearchCell(keras.layers.Layer):
 
     def call(self, s0, s1, weights, training=False):
         states = [self.preprocess0(s0, training=training), self.preprocess1(s1, training=training)]
+        if self.low_memory:
+            return self._call_in_loops(states, weights, training)
         weights = tf.unstack(weights, num=len(self.edges))
         offset = 0
         for _ in range(self.space.num_nodes):
@@ -162,10 +173,85 @@ class SearchCell(keras.layers.Layer):
             states.append(node)
         return tf.concat(states[2:], axis=-1)
 
+    def _call_in_loops(self, states, weights, training):
+        """The same cell as the unrolled ``call``, its edges run one after the
+        other by ``tf.while_loop``: one loop over a normal cell's edges; in a
+        reduction cell, one over the stride-2 edges from the cell's inputs,
+        then one over the rest (every node is complete before an edge reads
+        it, as in the reference order)."""
+        edges = self.space.edge_inputs()
+        if not self.reduction:
+            nodes = tf.stack(states + [tf.zeros_like(states[1])] * self.space.num_nodes)
+            nodes = self._edge_loop(range(len(edges)), [j for _, j in edges],
+                                    [node for node, _ in edges], nodes, weights, training)
+            return tf.concat(tf.unstack(nodes[2:], num=self.space.num_nodes), axis=-1)
+        first = [e for e, (_, j) in enumerate(edges) if j < 2]
+        rest = [e for e, (_, j) in enumerate(edges) if j >= 2]
+        nodes = tf.stack([tf.zeros_like(states[1][:, ::2, ::2, :])] * self.space.num_nodes)
+        nodes = self._edge_loop(first, [edges[e][1] for e in first],
+                                [edges[e][0] - 2 for e in first], nodes, weights, training,
+                                inputs=tf.stack(states))
+        if rest:
+            nodes = self._edge_loop(rest, [edges[e][1] - 2 for e in rest],
+                                    [edges[e][0] - 2 for e in rest], nodes, weights, training)
+        return tf.concat(tf.unstack(nodes, num=self.space.num_nodes), axis=-1)
+
+    def _edge_loop(self, edge_ids, sources, targets, nodes, weights, training, inputs=None):
+        """For each edge ``edge_ids[k]`` in order, add its output on
+        ``inputs[sources[k]]`` (or ``nodes[sources[k]]``) to
+        ``nodes[targets[k]]``.  The edges are alike (same stride and shapes):
+        each iteration evaluates the first one's layers with edge ``e``'s
+        variable values (every edge's values stacked, then gathered), so the
+        graph holds one mixed operation, not one per edge.  The BN statistics
+        an iteration writes are scattered back to its edge."""
+        edge_ids = list(edge_ids)
+        per_edge = [self.edges[e].variables for e in edge_ids]
+        slots = per_edge[0]
+        stacked = [tf.stack([tf.convert_to_tensor(variables[i]) for variables in per_edge])
+                   for i in range(len(slots))]
+        state_slots = [i for i, v in enumerate(slots) if not v.trainable]
+        template = self.edges[edge_ids[0]]
+        sources, targets = tf.constant(sources), tf.constant(targets)
+        num_nodes = nodes.shape[0]
+        reads_nodes = inputs is None
+
+        def run_edges(nodes, weights, *args):
+            # Explicit inputs only: tf.recompute_grad re-runs this when the
+            # gradient is taken, outside the caller's StatelessScope.
+            inputs, stacked = (None, args) if reads_nodes else (args[0], args[1:])
+
+            def body(k, nodes, *statistics):
+                values = [tf.gather(value, k) for value in stacked]
+                x = tf.gather(nodes if reads_nodes else inputs, sources[k])
+                with keras.StatelessScope(state_mapping=list(zip(slots, values))) as scope:
+                    y = template(x, tf.gather(weights, k), training=training)
+                # Add y to its target node (a one-hot mask: no scatter in the backward pass).
+                mask = tf.reshape(tf.one_hot(targets[k], num_nodes, dtype=y.dtype),
+                                  (-1, 1, 1, 1, 1))
+                statistics = [tf.tensor_scatter_nd_update(s, [[k]],
+                                                          [scope.get_current_value(slots[i])])
+                              for s, i in zip(statistics, state_slots)]
+                return (k + 1, nodes + mask * y[None], *statistics)
+
+            loop_vars = (tf.constant(0), nodes, *[stacked[i] for i in state_slots])
+            _, nodes, *statistics = tf.while_loop(lambda k, *_: k < len(edge_ids), body,
+                                                  loop_vars, parallel_iterations=2)
+            return (nodes, *statistics)
+
+        args = (nodes, tf.gather(weights, edge_ids), *([] if reads_nodes else [inputs]), *stacked)
+        if not training:
+            return run_edges(*args)[0]
+        # Keep no activations: recompute them in the backward pass.
+        nodes, *statistics = tf.recompute_grad(run_edges)(*args)
+        for i, values in zip(state_slots, statistics):
+            for variables, value in zip(per_edge, tf.unstack(values, num=len(per_edge))):
+                variables[i].assign(value)
+        return nodes
+
     def get_config(self):
         return {**super().get_config(), "channels": self.channels, "reduction": self.reduction,
                 "reduction_prev": self.reduction_prev, "space": self.space.to_dict(),
-                "bn_fused": self.bn_fused}
+                "bn_fused": self.bn_fused, "low_memory": self.low_memory}
 
 
 @_register
@@ -179,11 +265,12 @@ class SearchNetwork(keras.Model):
     """
 
     def __init__(self, C=16, layers=8, num_classes=10, space=DARTS_SPACE, bn_fused=None,
-                 alpha_seed=None, **kwargs):
+                 alpha_seed=None, low_memory=False, **kwargs):
         super().__init__(**kwargs)
         self.space = _space(space)
         self.C, self.num_layers, self.num_classes = int(C), int(layers), int(num_classes)
         self.bn_fused = bn_fused
+        self.low_memory = bool(low_memory)
         self.alpha_seed = alpha_seed
         if self.num_layers < 1 or self.C < 1:
             raise ValueError("search network: C and layers must be positive")
@@ -202,7 +289,8 @@ class SearchNetwork(keras.Model):
             if reduction:
                 c_curr *= 2
             self.cells.append(SearchCell(c_curr, reduction, reduction_prev, self.space,
-                                         bn_fused=bn_fused, dtype=dt, name=f"cell_{i}"))
+                                         bn_fused=bn_fused, low_memory=self.low_memory,
+                                         dtype=dt, name=f"cell_{i}"))
             reduction_prev = reduction
             c_prev = self.space.num_nodes * c_curr
         self.classifier = _dense(self.num_classes, c_prev, dt, "classifier")
@@ -259,4 +347,5 @@ class SearchNetwork(keras.Model):
     def get_config(self):
         return {**super().get_config(), "C": self.C, "layers": self.num_layers,
                 "num_classes": self.num_classes, "space": self.space.to_dict(),
-                "bn_fused": self.bn_fused, "alpha_seed": self.alpha_seed}
+                "bn_fused": self.bn_fused, "alpha_seed": self.alpha_seed,
+                "low_memory": self.low_memory}
