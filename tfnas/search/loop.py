@@ -213,7 +213,8 @@ def run_darts_search(settings: SearchSettings, out_dir: str, *, resume: bool = F
         else:
             _log(log, f"{run.path} has no checkpoint yet; starting from epoch 0")
 
-    _log(log, f"DARTS search (order {cfg.order}{', ' + cfg.hessian if cfg.order == 2 else ''}) "
+    _log(log, f"DARTS search (order {cfg.order}{', ' + cfg.hessian if cfg.order == 2 else ''}"
+              f"{', low memory' if settings.low_memory else ''}) "
               f"on {info.name}: C={settings.init_channels}, {settings.layers} layers, "
               f"{model.count_weights():,} weights + {model.count_alphas()} alphas; "
               f"{settings.epochs} epochs, batch {settings.batch_size}; run directory {run.path}")
