@@ -11,7 +11,7 @@ import textwrap
 import pytest
 
 SCRIPT = textwrap.dedent("""
-    import json
+    import json, sys
     from tfnas.runtime import quiet_tensorflow, split_cpu
     quiet_tensorflow()
     split_cpu(2)
@@ -26,7 +26,8 @@ SCRIPT = textwrap.dedent("""
     keras.utils.set_random_seed(0)
     strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
     with strategy.scope():
-        model = SearchNetwork(4, 3, 10, space=CellSpace(DARTS_OPS, 1, "all")).build_for((8, 8, 3))
+        model = SearchNetwork(4, 3, 10, space=CellSpace(DARTS_OPS, 1, "all"),
+                              low_memory=sys.argv[1] == "low").build_for((8, 8, 3))
         search = BilevelSearch(model, DartsConfig(order=2, hessian="fd"), strategy=strategy)
     rng = np.random.default_rng(0)
     x = rng.normal(size=(32, 8, 8, 3)).astype("float32")
@@ -40,16 +41,20 @@ SCRIPT = textwrap.dedent("""
         losses.append(float(search.search_step(tb, vb)["loss"]))
     replicas = [v.numpy().tolist() for v in model.alphas_normal.value.values]
     weights = [v.numpy().tolist() for v in model.weight_variables[0].value.values]
+    # BN statistics of an edge of the last cell (a reduction cell)
+    stats = [v.numpy().tolist() for v in model.cells[-1].edges[0].non_trainable_variables[0].value.values]
     print(json.dumps({"replicas": replicas, "weights": weights, "before": before.tolist(),
+                      "stats": stats,
                       "losses": losses, "n": strategy.num_replicas_in_sync,
                       "devices": [v.device for v in model.alphas_normal.value.values]}))
 """)
 
 
 @pytest.mark.slow
-def test_alphas_identical_on_two_replicas():
+@pytest.mark.parametrize("form", ["unrolled", "low"])
+def test_alphas_identical_on_two_replicas(form):
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
-    out = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True,
+    out = subprocess.run([sys.executable, "-c", SCRIPT, form], capture_output=True, text=True,
                          env=env, timeout=900)
     assert out.returncode == 0, out.stderr[-3000:]
     res = json.loads(out.stdout.strip().splitlines()[-1])
@@ -58,4 +63,5 @@ def test_alphas_identical_on_two_replicas():
     assert r0 == r1                      # identical on both replicas
     assert r0 != res["before"]           # and updated
     assert res["weights"][0] == res["weights"][1]
+    assert res["stats"][0] == res["stats"][1] and any(res["stats"][0])  # written, and alike
     assert all(l == l for l in res["losses"]) and len(res["losses"]) == 2  # noqa: E741
