@@ -227,6 +227,34 @@ def test_deterministic_second_derivatives_switches_the_pools_of_a_model(rng):
     assert not any(p.deterministic_second_derivatives for p in pools)
 
 
+@pytest.mark.parametrize("stride", [1, 2])
+def test_max_pool_gradient_recomputes_in_loops(stride, rng):
+    """The recomputing max-pool gradient (low-memory search cells) equals the
+    plain one, eager and inside a recomputed tf.while_loop under tf.function,
+    where the gradient is traced in another graph than the pooling."""
+    x = tf.constant(rng.normal(size=(2, 8, 8, 3)).astype("float32"))
+
+    def gradient(recompute):
+        def loss_gradient(x):
+            def pooled(x):
+                def body(k, total):
+                    scaled = x * tf.cast(k + 1, x.dtype)
+                    return k + 1, total + ops.max_pool_3x3(scaled, stride, False, recompute)
+                return tf.while_loop(lambda k, _: k < 3, body,
+                                     (tf.constant(0), tf.zeros_like(ops.max_pool_3x3(x, stride))))[1]
+            with tf.GradientTape() as tape:
+                tape.watch(x)
+                loss = tf.reduce_sum(tf.square(tf.recompute_grad(pooled)(x)))
+            return tape.gradient(loss, x)
+        return loss_gradient(x), tf.function(loss_gradient, autograph=False)(x)
+
+    plain_eager, plain_graph = gradient(False)
+    assert np.abs(plain_graph.numpy()).max() > 1
+    for g in gradient(True):
+        np.testing.assert_allclose(g.numpy(), plain_eager.numpy(), rtol=1e-6)
+        np.testing.assert_allclose(g.numpy(), plain_graph.numpy(), rtol=1e-6)
+
+
 def test_factorized_reduce_matches_reference(rng):
     x = rng.normal(size=(2, 8, 8, 6))
     layer = ops.make_operation("skip_connect", 6, 2, dtype="float64")

@@ -41,8 +41,10 @@ SCRIPT = textwrap.dedent("""
         losses.append(float(search.search_step(tb, vb)["loss"]))
     replicas = [v.numpy().tolist() for v in model.alphas_normal.value.values]
     weights = [v.numpy().tolist() for v in model.weight_variables[0].value.values]
-    # BN statistics of an edge of the last cell (a reduction cell)
-    stats = [v.numpy().tolist() for v in model.cells[-1].edges[0].non_trainable_variables[0].value.values]
+    # BN statistics of the first edge(s) of the last cell (a reduction cell)
+    cell = model.cells[-1]
+    edges = cell.edge_stacks[0] if cell.low_memory else cell.edges[0]
+    stats = [v.numpy().tolist() for v in edges.non_trainable_variables[0].value.values]
     print(json.dumps({"replicas": replicas, "weights": weights, "before": before.tolist(),
                       "stats": stats,
                       "losses": losses, "n": strategy.num_replicas_in_sync,

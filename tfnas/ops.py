@@ -213,8 +213,12 @@ def layers_of_type(model, cls):
     """Every layer of type ``cls`` inside ``model`` (a layer or model, itself included)."""
     layers = [model] if isinstance(model, cls) else []
     if hasattr(model, "_flatten_layers"):
-        layers += [l for l in model._flatten_layers(include_self=False, recursive=True)
-                   if isinstance(l, cls)]
+        inner = list(model._flatten_layers(include_self=False, recursive=True))
+        layers += [l for l in inner if isinstance(l, cls)]
+        # Layers a layer holds out of tracking (an EdgeStack's template) count too.
+        for layer in [model, *inner]:
+            for hidden in getattr(layer, "untracked_layers", ()):
+                layers += layers_of_type(hidden, cls)
     return layers
 
 
@@ -597,7 +601,7 @@ class Conv7x1_1x7(_Operation):
         return {**super().get_config(), "channels": self.channels, "stride": self.stride, "affine": self.affine}
 
 
-def max_pool_3x3(x, stride, deterministic_second_derivatives=False):
+def max_pool_3x3(x, stride, deterministic_second_derivatives=False, gradient_recomputes=False):
     """3×3 max pooling, padding 1 (the padding never wins).
 
     ``deterministic_second_derivatives``: the pooling is a gather at the
@@ -610,11 +614,21 @@ def max_pool_3x3(x, stride, deterministic_second_derivatives=False):
     call to call under inter-op parallelism (2–4 of 100 exact DARTS
     hypergradients of a tiny supernet off by up to 1 %).  Slower than the
     plain kernel (~1.4x for forward + backward), so only where second
-    derivatives are taken (:func:`deterministic_second_derivatives`)."""
+    derivatives are taken (:func:`deterministic_second_derivatives`).
+
+    ``gradient_recomputes``: the first derivative recomputes the pooling next
+    to its ``MaxPoolGrad``.  Where the gradient is traced apart from the
+    forward pass (a ``tf.while_loop`` body: the low-memory search cells),
+    oneDNN cannot pair ``MaxPoolGrad`` with its forward op and TensorFlow
+    falls back to a kernel ~10x slower (5.7 vs 0.6 ms forward + backward at
+    16×32×32×16); recomputing the cheap forward op (0.08 ms) restores the
+    fast kernel."""
     if stride == 1:  # TF 'SAME' at stride 1 pads 1 on both sides, ignored by max
         padding = "SAME"
     else:
         x, padding = _pad(x, 1, value=x.dtype.min), "VALID"
+    if gradient_recomputes and not deterministic_second_derivatives:
+        return _max_pool_gradient_recomputes(x, stride, padding)
     if not deterministic_second_derivatives:
         return tf.nn.max_pool2d(x, 3, stride, padding)
     # Only the indices (within each sample) are used; stop_gradient keeps
@@ -623,6 +637,21 @@ def max_pool_3x3(x, stride, deterministic_second_derivatives=False):
     batch = tf.shape(x)[0]
     picked = tf.gather(tf.reshape(x, [batch, -1]), tf.reshape(argmax, [batch, -1]), batch_dims=1)
     return tf.reshape(picked, tf.shape(argmax))
+
+
+def _max_pool_gradient_recomputes(x, stride, padding):
+    @tf.custom_gradient
+    def pool(x):
+        def gradient(dy):
+            # x into the gradient's graph first (in a loop's gradient body x
+            # is captured): the tape must watch the tensor the pooling reads.
+            x_here = tf.identity(x)
+            with tf.GradientTape() as tape:
+                tape.watch(x_here)
+                y = tf.nn.max_pool2d(x_here, 3, stride, padding)
+            return tape.gradient(y, x_here, output_gradients=dy)
+        return tf.nn.max_pool2d(x, 3, stride, padding), gradient
+    return pool(x)
 
 
 @_register
@@ -638,11 +667,14 @@ class Pool(keras.layers.Layer):
         self.kind, self.stride = kind, int(stride)
         # Trace-time switch (not configuration): see deterministic_second_derivatives.
         self.deterministic_second_derivatives = False
+        # Set by layers whose pools' gradients are traced in loops (see max_pool_3x3).
+        self.gradient_recomputes = False
 
     def call(self, inputs):
         x, s = inputs, self.stride
         if self.kind == "max":
-            return max_pool_3x3(x, s, self.deterministic_second_derivatives)
+            return max_pool_3x3(x, s, self.deterministic_second_derivatives,
+                                self.gradient_recomputes)
         if s == 1:  # TF 'SAME' pools ignore the padding, as the reference does
             return tf.nn.avg_pool2d(x, 3, 1, "SAME")
         summed = tf.nn.avg_pool2d(_pad(x, 1), 3, s, "VALID")

@@ -17,19 +17,25 @@ concat rule: which nodes are loose ends is only known after derivation
 ``low_memory=True`` computes the same function in less memory (measured in
 ``docs/benchmarks.md``): every cell runs its edges in ``tf.while_loop``
 loops over an edge index (one traced mixed operation per loop instead of one
-per edge: a smaller graph), and in training mode the loops' activations are
-recomputed in the backward pass (``tf.recompute_grad``) instead of kept.
-It trades speed for memory, takes first derivatives only (not the exact
-hypergradient) and keeps the variables and checkpoints of the unrolled form.
+per edge), the variables of alike edges are stacked (:class:`EdgeStack`: one
+variable per slot, not one per edge and slot -- a much smaller graph), and
+in training mode the loops' activations are recomputed in the backward pass
+(``tf.recompute_grad``) instead of kept.  It trades speed for memory and
+takes first derivatives only (not the exact hypergradient).  The weights
+and their initial distribution are the unrolled form's, stacked, so the
+parameter count is the same; checkpoints hold the stacked layout and resume
+only in the low-memory form.
 """
 
 from __future__ import annotations
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from tfnas.networks import _dense
-from tfnas.ops import BatchNorm, FactorizedReduce, ReLUConvBN, _conv_init, make_operation
+from tfnas.ops import (BatchNorm, FactorizedReduce, Pool, ReLUConvBN, _conv_init, layers_of_type,
+                       make_operation)
 from tfnas.space import DARTS_SPACE, CellSpace
 
 _register = keras.saving.register_keras_serializable(package="tfnas")
@@ -113,6 +119,75 @@ class MixedOp(keras.layers.Layer):
                 "operations": list(self.operations), "bn_fused": self.bn_fused}
 
 
+class _Untracked:
+    """Holds objects out of sight of Keras' and TensorFlow's tracking (not
+    weights of the holder, not in its checkpoints)."""
+
+    def __init__(self, **items):
+        self.__dict__.update(items)
+
+
+@_register
+class EdgeStack(keras.layers.Layer):
+    """``count`` alike mixed operations (same channels, stride and input
+    shape) whose variables are stacked on a leading edge axis: what a
+    low-memory cell's loop gathers edge ``k``'s values from.
+
+    One variable per slot instead of one per edge and slot keeps the graph
+    small (every variable costs reads, optimizer updates and plumbing in each
+    traced pass).  Edge ``k`` is computed by one template :class:`MixedOp`
+    evaluated at the gathered values (``keras.StatelessScope``); the
+    template's own variables are never read and are not weights of the
+    network.  Each edge is initialised as a :class:`MixedOp` of its own is."""
+
+    def __init__(self, count, channels, stride, operations, bn_fused=None, **kwargs):
+        super().__init__(**kwargs)
+        self.count, self.channels, self.stride = int(count), int(channels), int(stride)
+        self.operations = tuple(operations)
+        self.bn_fused = bn_fused
+        template = MixedOp(self.channels, self.stride, self.operations, bn_fused=bn_fused,
+                           dtype=self.dtype_policy, name="template")
+        for pool in layers_of_type(template, Pool):  # its gradient is traced in a loop
+            pool.gradient_recomputes = True
+        self._hidden = _Untracked(template=template, stacked=[])
+
+    @property
+    def template(self) -> MixedOp:
+        return self._hidden.template
+
+    @property
+    def untracked_layers(self) -> tuple:
+        """Seen by :func:`tfnas.ops.layers_of_type` (trace-time switches)."""
+        return (self.template,)
+
+    @property
+    def stacked_variables(self) -> list:
+        """Variable ``i`` stacks every edge's value of ``template.variables[i]``."""
+        return list(self._hidden.stacked)
+
+    def build(self, x_shape):
+        self.template.build(x_shape)
+        per_edge = []
+        for _ in range(self.count):
+            edge = MixedOp.from_config(self.template.get_config())
+            edge.build(x_shape)
+            per_edge.append([v.numpy() for v in edge.variables])
+        # e.g. "sep_conv_3x3.depthwise_1.kernel" (variable names cannot hold "/")
+        slot_names = [v.path.split(f"{self.template.name}/", 1)[-1].replace("/", ".")
+                      for v in self.template.variables]
+        for i, (slot, name) in enumerate(zip(self.template.variables, slot_names)):
+            values = np.stack([edge[i] for edge in per_edge])
+            self._hidden.stacked.append(self.add_weight(
+                shape=values.shape, dtype=slot.dtype, trainable=slot.trainable,
+                initializer=lambda shape, dtype=None, values=values: values,
+                aggregation=slot.aggregation, name=name))
+
+    def get_config(self):
+        return {**super().get_config(), "count": self.count, "channels": self.channels,
+                "stride": self.stride, "operations": list(self.operations),
+                "bn_fused": self.bn_fused}
+
+
 @_register
 class SearchCell(keras.layers.Layer):
     """A search cell: every intermediate node sums a :class:`MixedOp` from each
@@ -135,17 +210,43 @@ class SearchCell(keras.layers.Layer):
                                           name="preprocess0")
         self.preprocess1 = ReLUConvBN(self.channels, 1, 1, affine=False, dtype=dt,
                                       name="preprocess1")
+        if self.low_memory:
+            # One stack of alike edges per loop; a reduction cell's first loop
+            # holds its stride-2 edges (from the cell's inputs).
+            names = ["reducing_edges", "edges"] if self.reduction else ["edges"]
+            self.edge_stacks = [
+                EdgeStack(len(ids), self.channels, 2 if name == "reducing_edges" else 1,
+                          self.space.operations, bn_fused=bn_fused, dtype=dt, name=name)
+                for ids, name in zip(self.edge_groups(), names)]
+            return
         self.edges = []
         for node, j in self.space.edge_inputs():
             stride = 2 if self.reduction and j < 2 else 1
             self.edges.append(MixedOp(self.channels, stride, self.space.operations,
                                       bn_fused=bn_fused, dtype=dt, name=f"edge_{node}_{j}"))
 
+    def edge_groups(self) -> list:
+        """The edge indices each loop of the low-memory form runs, in order:
+        a normal cell's edges are all alike; a reduction cell's stride-2 edges
+        from its inputs come first, then the rest (every node is complete
+        before an edge reads it, as in the reference order)."""
+        edges = self.space.edge_inputs()
+        if not self.reduction:
+            return [list(range(len(edges)))]
+        first = [e for e, (_, j) in enumerate(edges) if j < 2]
+        rest = [e for e, (_, j) in enumerate(edges) if j >= 2]
+        return [first, rest] if rest else [first]
+
     def build(self, s0_shape, s1_shape, weights_shape=None):
         self.preprocess0.build(s0_shape)
         self.preprocess1.build(s1_shape)
         shapes = [self.preprocess0.compute_output_shape(s0_shape),
                   self.preprocess1.compute_output_shape(s1_shape)]
+        if self.low_memory:
+            self.edge_stacks[0].build(shapes[1])
+            if len(self.edge_stacks) > 1:
+                self.edge_stacks[1].build(self.edge_stacks[0].template.compute_output_shape(shapes[1]))
+            return
         offset = 0
         for _ in range(self.space.num_nodes):
             for j, shape in enumerate(shapes):
@@ -175,42 +276,37 @@ class SearchCell(keras.layers.Layer):
 
     def _call_in_loops(self, states, weights, training):
         """The same cell as the unrolled ``call``, its edges run one after the
-        other by ``tf.while_loop``: one loop over a normal cell's edges; in a
-        reduction cell, one over the stride-2 edges from the cell's inputs,
-        then one over the rest (every node is complete before an edge reads
-        it, as in the reference order)."""
+        other by ``tf.while_loop``, one loop per :meth:`edge_groups` entry."""
         edges = self.space.edge_inputs()
+        groups = self.edge_groups()
         if not self.reduction:
             nodes = tf.stack(states + [tf.zeros_like(states[1])] * self.space.num_nodes)
-            nodes = self._edge_loop(range(len(edges)), [j for _, j in edges],
+            nodes = self._edge_loop(self.edge_stacks[0], groups[0], [j for _, j in edges],
                                     [node for node, _ in edges], nodes, weights, training)
             return tf.concat(tf.unstack(nodes[2:], num=self.space.num_nodes), axis=-1)
-        first = [e for e, (_, j) in enumerate(edges) if j < 2]
-        rest = [e for e, (_, j) in enumerate(edges) if j >= 2]
+        first = groups[0]
         nodes = tf.stack([tf.zeros_like(states[1][:, ::2, ::2, :])] * self.space.num_nodes)
-        nodes = self._edge_loop(first, [edges[e][1] for e in first],
+        nodes = self._edge_loop(self.edge_stacks[0], first, [edges[e][1] for e in first],
                                 [edges[e][0] - 2 for e in first], nodes, weights, training,
                                 inputs=tf.stack(states))
-        if rest:
-            nodes = self._edge_loop(rest, [edges[e][1] - 2 for e in rest],
+        if len(groups) > 1:
+            rest = groups[1]
+            nodes = self._edge_loop(self.edge_stacks[1], rest, [edges[e][1] - 2 for e in rest],
                                     [edges[e][0] - 2 for e in rest], nodes, weights, training)
         return tf.concat(tf.unstack(nodes, num=self.space.num_nodes), axis=-1)
 
-    def _edge_loop(self, edge_ids, sources, targets, nodes, weights, training, inputs=None):
-        """For each edge ``edge_ids[k]`` in order, add its output on
-        ``inputs[sources[k]]`` (or ``nodes[sources[k]]``) to
-        ``nodes[targets[k]]``.  The edges are alike (same stride and shapes):
-        each iteration evaluates the first one's layers with edge ``e``'s
-        variable values (every edge's values stacked, then gathered), so the
-        graph holds one mixed operation, not one per edge.  The BN statistics
-        an iteration writes are scattered back to its edge."""
-        edge_ids = list(edge_ids)
-        per_edge = [self.edges[e].variables for e in edge_ids]
-        slots = per_edge[0]
-        stacked = [tf.stack([tf.convert_to_tensor(variables[i]) for variables in per_edge])
-                   for i in range(len(slots))]
+    @staticmethod
+    def _edge_loop(stack, edge_ids, sources, targets, nodes, weights, training, inputs=None):
+        """For the ``k``-th edge of ``stack`` (cell edge ``edge_ids[k]``), in
+        order, add its output on ``inputs[sources[k]]`` (or
+        ``nodes[sources[k]]``) to ``nodes[targets[k]]``.  Each iteration
+        evaluates the stack's template at edge ``k``'s gathered values, so the
+        graph holds one mixed operation, not one per edge; the BN statistics
+        it writes are scattered into the stacked statistics."""
+        slots = stack.template.variables
+        stacked = [tf.convert_to_tensor(v) for v in stack.stacked_variables]
         state_slots = [i for i, v in enumerate(slots) if not v.trainable]
-        template = self.edges[edge_ids[0]]
+        template = stack.template
         sources, targets = tf.constant(sources), tf.constant(targets)
         num_nodes = nodes.shape[0]
         reads_nodes = inputs is None
@@ -234,7 +330,7 @@ class SearchCell(keras.layers.Layer):
                 return (k + 1, nodes + mask * y[None], *statistics)
 
             loop_vars = (tf.constant(0), nodes, *[stacked[i] for i in state_slots])
-            _, nodes, *statistics = tf.while_loop(lambda k, *_: k < len(edge_ids), body,
+            _, nodes, *statistics = tf.while_loop(lambda k, *_: k < stack.count, body,
                                                   loop_vars, parallel_iterations=2)
             return (nodes, *statistics)
 
@@ -244,8 +340,7 @@ class SearchCell(keras.layers.Layer):
         # Keep no activations: recompute them in the backward pass.
         nodes, *statistics = tf.recompute_grad(run_edges)(*args)
         for i, values in zip(state_slots, statistics):
-            for variables, value in zip(per_edge, tf.unstack(values, num=len(per_edge))):
-                variables[i].assign(value)
+            stack.stacked_variables[i].assign(values)
         return nodes
 
     def get_config(self):
