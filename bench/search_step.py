@@ -12,8 +12,8 @@ second order (fd), peak 2.7–3.5 GB.
     python bench/search_step.py --low-memory --modes order1,order2_fd
 
 ``--low-memory`` measures ``SearchNetwork(low_memory=True)`` (search.py
-``--low-memory``: each cell's edges in loops, activations recomputed); it
-does not apply to ``order2_exact``.
+``--low-memory``: each cell's edges in loops over stacked per-edge
+variables, activations recomputed); it does not apply to ``order2_exact``.
 
 With ``--torch-python PY`` (an interpreter that has PyTorch; not a tfnas
 dependency) the PyTorch reference (bench/reference_torch.py) is re-timed in

@@ -50,10 +50,11 @@ def build_parser() -> ArgumentParser:
                         "(differentiate through the virtual step; slow to compile: 15 min or more on a "
                         "2-core CPU, peaking at 8.7 GB for the small preset and 13.7 GB at C=16, 8 layers)")
     p.add_argument("--low-memory", action="store_true", default=None,
-                   help="run each cell's edges in loops and recompute activations in the "
-                        "backward pass: the same supernet in less memory (C=16, 8 layers, batch "
-                        "64: 4.2 instead of 7.5 GB) but ~3x slower per step; not with "
-                        "--hessian exact")
+                   help="run each cell's edges in loops over stacked per-edge variables and "
+                        "recompute activations in the backward pass: the same supernet in less "
+                        "memory (C=16, 8 layers, batch 16, first order: 2.6 instead of 4.0 GB) "
+                        "but slower (1.5x first order, 2.3x second order); not with --hessian "
+                        "exact")
     p.add_argument("--preset", choices=("paper", "small"), default=None,
                    help="paper (50 epochs, batch 64, C=16, 8 layers) or small (minutes on a "
                         "2-core CPU: C=8, 5 layers, 3 epochs of 10 batch pairs of 32); default small")
