@@ -283,7 +283,7 @@ class SearchCell(keras.layers.Layer):
             nodes = tf.stack(states + [tf.zeros_like(states[1])] * self.space.num_nodes)
             nodes = self._edge_loop(self.edge_stacks[0], groups[0], [j for _, j in edges],
                                     [node for node, _ in edges], nodes, weights, training)
-            return tf.concat(tf.unstack(nodes[2:], num=self.space.num_nodes), axis=-1)
+            return tf.concat(tf.unstack(nodes, num=2 + self.space.num_nodes)[2:], axis=-1)
         first = groups[0]
         nodes = tf.stack([tf.zeros_like(states[1][:, ::2, ::2, :])] * self.space.num_nodes)
         nodes = self._edge_loop(self.edge_stacks[0], first, [edges[e][1] for e in first],
@@ -321,13 +321,17 @@ class SearchCell(keras.layers.Layer):
                 x = tf.gather(nodes if reads_nodes else inputs, sources[k])
                 with keras.StatelessScope(state_mapping=list(zip(slots, values))) as scope:
                     y = template(x, tf.gather(weights, k), training=training)
-                # Add y to its target node (a one-hot mask: no scatter in the backward pass).
-                mask = tf.reshape(tf.one_hot(targets[k], num_nodes, dtype=y.dtype),
-                                  (-1, 1, 1, 1, 1))
+                # Add y to its target node: padded to the stack's shape (its
+                # gradient is one slice; a one-hot mask's is a product and a
+                # sum over every node, a scatter's a full copy).
+                target = targets[k]
+                padding = tf.concat([[[target, num_nodes - 1 - target]],
+                                     tf.zeros((4, 2), tf.int32)], axis=0)
                 statistics = [tf.tensor_scatter_nd_update(s, [[k]],
                                                           [scope.get_current_value(slots[i])])
                               for s, i in zip(statistics, state_slots)]
-                return (k + 1, nodes + mask * y[None], *statistics)
+                # expand_dims, not y[None]: a strided slice's gradient is a slow full copy.
+                return (k + 1, nodes + tf.pad(tf.expand_dims(y, 0), padding), *statistics)
 
             loop_vars = (tf.constant(0), nodes, *[stacked[i] for i in state_slots])
             _, nodes, *statistics = tf.while_loop(lambda k, *_: k < stack.count, body,
