@@ -331,7 +331,8 @@ class SearchCell(keras.layers.Layer):
                                                           [scope.get_current_value(slots[i])])
                               for s, i in zip(statistics, state_slots)]
                 # expand_dims, not y[None]: a strided slice's gradient is a slow full copy.
-                return (k + 1, nodes + tf.pad(tf.expand_dims(y, 0), padding), *statistics)
+                update = tf.ensure_shape(tf.pad(tf.expand_dims(y, 0), padding), nodes.shape)
+                return (k + 1, nodes + update, *statistics)
 
             loop_vars = (tf.constant(0), nodes, *[stacked[i] for i in state_slots])
             _, nodes, *statistics = tf.while_loop(lambda k, *_: k < stack.count, body,
