@@ -52,8 +52,8 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--low-memory", action="store_true", default=None,
                    help="run each cell's edges in loops over stacked per-edge variables and "
                         "recompute activations in the backward pass: the same supernet in less "
-                        "memory (C=16, 8 layers, batch 16, first order: 2.6 instead of 4.0 GB) "
-                        "but slower (1.5x first order, 2.3x second order); not with --hessian "
+                        "memory (C=16, 8 layers, batch 16, first order: ~2.5 instead of 4.0 GB) "
+                        "but slower (~1.5x first order, ~2x second order); not with --hessian "
                         "exact")
     p.add_argument("--preset", choices=("paper", "small"), default=None,
                    help="paper (50 epochs, batch 64, C=16, 8 layers) or small (minutes on a "
