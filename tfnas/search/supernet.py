@@ -215,9 +215,9 @@ class SearchCell(keras.layers.Layer):
             # holds its stride-2 edges (from the cell's inputs).
             names = ["reducing_edges", "edges"] if self.reduction else ["edges"]
             self.edge_stacks = [
-                EdgeStack(len(ids), self.channels, 2 if name == "reducing_edges" else 1,
-                          self.space.operations, bn_fused=bn_fused, dtype=dt, name=name)
-                for ids, name in zip(self.edge_groups(), names)]
+                EdgeStack(len(ids), self.channels, 2 if self.reduction and g == 0 else 1,
+                          self.space.operations, bn_fused=bn_fused, dtype=dt, name=names[g])
+                for g, ids in enumerate(self.edge_groups())]
             return
         self.edges = []
         for node, j in self.space.edge_inputs():
