@@ -14,6 +14,8 @@ second order (fd), peak 2.7–3.5 GB.
 ``--low-memory`` measures ``SearchNetwork(low_memory=True)`` (search.py
 ``--low-memory``: each cell's edges in loops over stacked per-edge
 variables, activations recomputed); it does not apply to ``order2_exact``.
+Like search.py, each mode caps glibc's malloc arenas at one
+(``--malloc-arenas 0`` keeps glibc's default, for comparison).
 
 With ``--torch-python PY`` (an interpreter that has PyTorch; not a tfnas
 dependency) the PyTorch reference (bench/reference_torch.py) is re-timed in
@@ -36,9 +38,10 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 MODES = {"order1": (1, "fd"), "order2_fd": (2, "fd"), "order2_exact": (2, "exact")}
 
 
-def run_mode(mode, steps, C, layers, batch, inter=None, low_memory=False):
-    from tfnas.runtime import configure_threads, inter_op_threads, quiet_tensorflow
+def run_mode(mode, steps, C, layers, batch, inter=None, low_memory=False, malloc_arenas=1):
+    from tfnas.runtime import configure_threads, inter_op_threads, limit_malloc_arenas, quiet_tensorflow
     quiet_tensorflow()
+    arenas_capped = limit_malloc_arenas(malloc_arenas) if malloc_arenas else False
     import numpy as np
     import tensorflow as tf
     configure_threads(1, inter_op_threads(inter))  # as search.py unless --inter
@@ -73,6 +76,7 @@ def run_mode(mode, steps, C, layers, batch, inter=None, low_memory=False):
     return {"mode": mode, "s_per_step": step_s, "steps": times, "build_s": build_s,
             "first_call_s": first_s, "trace_s": first_s - step_s, "peak_rss_mb": peak_mb,
             "inter_op_threads": inter_op_threads(inter), "low_memory": low_memory,
+            "malloc_arenas": malloc_arenas if arenas_capped else "glibc default",
             "loadavg": os.getloadavg()[0]}
 
 
@@ -89,13 +93,15 @@ def main(argv=None):
                         help="python with torch: also time the PyTorch reference in this run")
     parser.add_argument("--low-memory", action="store_true",
                         help="the low-memory search network (search.py --low-memory)")
+    parser.add_argument("--malloc-arenas", type=int, default=1,
+                        help="cap glibc malloc arenas as search.py does (default 1; 0: glibc's default)")
     parser.add_argument("--one", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.low_memory and "order2_exact" in (args.one or args.modes).split(","):
         parser.error("--low-memory does not apply to order2_exact (first derivatives only)")
     if args.one:
         print(json.dumps(run_mode(args.one, args.steps, args.C, args.layers, args.batch, args.inter,
-                                  args.low_memory)))
+                                  args.low_memory, args.malloc_arenas)))
         return 0
     results = {}
     for mode in args.modes.split(","):
@@ -105,6 +111,7 @@ def main(argv=None):
             cmd += ["--inter", str(args.inter)]
         if args.low_memory:
             cmd += ["--low-memory"]
+        cmd += ["--malloc-arenas", str(args.malloc_arenas)]
         out = subprocess.run(cmd, capture_output=True, text=True)
         if out.returncode != 0:
             print(out.stderr[-3000:], file=sys.stderr)
@@ -143,7 +150,7 @@ def main(argv=None):
         "trace_s": max(r["trace_s"] for r in results.values()),
         "trace_s_per_mode": {m: r["trace_s"] for m, r in results.items()},
         "config": {"C": args.C, "layers": args.layers, "batch": args.batch, "steps": args.steps,
-                   "low_memory": args.low_memory},
+                   "low_memory": args.low_memory, "malloc_arenas": args.malloc_arenas},
         "loadavg": os.getloadavg()[0],
     })
     print(json.dumps(summary))

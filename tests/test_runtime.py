@@ -30,3 +30,51 @@ def test_inter_op_pool_is_one_per_core_unless_iterators_come_and_go(monkeypatch)
     assert inter_op_threads(iterators_per_epoch=True) >= 8    # the deadlock work-around
     assert inter_op_threads(3) == 3                           # an explicit request wins
     assert inter_op_threads(3, iterators_per_epoch=True) == 3
+
+
+ARENAS = """
+import ctypes, sys, threading
+from tfnas.runtime import limit_malloc_arenas
+applied = limit_malloc_arenas() if sys.argv[1] == "limit" else False
+libc = ctypes.CDLL(None)
+libc.malloc.restype = ctypes.c_void_p
+libc.free.argtypes = [ctypes.c_void_p]
+barrier = threading.Barrier(6)
+
+def worker():
+    # Each thread mallocs while the others hold theirs: glibc gives it an arena.
+    block = libc.malloc(50_000)
+    barrier.wait()
+    libc.free(block)
+
+threads = [threading.Thread(target=worker) for _ in range(6)]
+for t in threads:
+    t.start()
+for t in threads:
+    t.join()
+sys.stdout.flush()
+libc.malloc_info(0, ctypes.c_void_p.in_dll(libc, "stdout"))
+libc.fflush(None)
+print("applied", applied)
+"""
+
+
+def _heaps(mode, env):
+    proc = subprocess.run([sys.executable, "-c", ARENAS, mode], capture_output=True, text=True,
+                          timeout=60, env=env)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout.count("<heap nr="), proc.stdout.strip().splitlines()[-1]
+
+
+def test_malloc_arenas_are_capped_unless_the_environment_says_otherwise():
+    import os
+    import platform
+    if platform.libc_ver()[0] != "glibc":
+        import pytest
+        pytest.skip("malloc arenas are a glibc feature")
+    env = {k: v for k, v in os.environ.items() if k != "MALLOC_ARENA_MAX"}
+    assert _heaps("limit", env) == (1, "applied True")
+    heaps, applied = _heaps("plain", env)
+    assert heaps > 1 and applied == "applied False"      # threads got arenas of their own
+    heaps, applied = _heaps("limit", dict(env, MALLOC_ARENA_MAX="3"))
+    assert applied == "applied False" and heaps > 1      # the user's setting wins
