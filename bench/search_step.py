@@ -76,7 +76,8 @@ def run_mode(mode, steps, C, layers, batch, inter=None, low_memory=False, malloc
     return {"mode": mode, "s_per_step": step_s, "steps": times, "build_s": build_s,
             "first_call_s": first_s, "trace_s": first_s - step_s, "peak_rss_mb": peak_mb,
             "inter_op_threads": inter_op_threads(inter), "low_memory": low_memory,
-            "malloc_arenas": malloc_arenas if arenas_capped else "glibc default",
+            "malloc_arenas": (malloc_arenas if arenas_capped
+                              else os.environ.get("MALLOC_ARENA_MAX", "glibc default")),
             "loadavg": os.getloadavg()[0]}
 
 
