@@ -1,5 +1,9 @@
+import os
+import platform
 import subprocess
 import sys
+
+import pytest
 
 QUIET_IMPORT = """
 from tfnas.runtime import quiet_tensorflow
@@ -22,8 +26,6 @@ def test_tensorflow_start_up_noise_is_hidden_but_stderr_still_works():
 
 
 def test_inter_op_pool_is_one_per_core_unless_iterators_come_and_go(monkeypatch):
-    import os
-
     from tfnas.runtime import inter_op_threads
     monkeypatch.setattr(os, "cpu_count", lambda: 2)
     assert inter_op_threads() == 2                            # long-lived iterators: fastest
@@ -67,10 +69,7 @@ def _heaps(mode, env):
 
 
 def test_malloc_arenas_are_capped_unless_the_environment_says_otherwise():
-    import os
-    import platform
     if platform.libc_ver()[0] != "glibc":
-        import pytest
         pytest.skip("malloc arenas are a glibc feature")
     env = {k: v for k, v in os.environ.items() if k != "MALLOC_ARENA_MAX"}
     assert _heaps("limit", env) == (1, "applied True")
