@@ -25,7 +25,10 @@ same alphas.
 Trace time and memory are kept small by tracing the network pass once
 (``_pass``: loss, gradients wrt weights and alphas, BN-statistics writes) as
 a nested ``tf.function`` and calling it for every pass; TensorFlow prunes
-the outputs a call site does not use.
+the outputs a call site does not use: from each inlined copy in the default
+form, and by specialising the call per call site (grappler's function
+optimisation) for a low-memory network, whose pass stays a call (measured:
+without it the alpha step also computes the loops' filter gradients).
 """
 
 from __future__ import annotations
@@ -208,8 +211,8 @@ class BilevelSearch:
         writes (BN statistics) of one training-mode pass.
 
         Traced once and called for every pass of every step: callers use only
-        some outputs, and TensorFlow prunes the rest from each inlined call
-        (measured: a first-order step costs the same as with one trace per
+        some outputs, and TensorFlow prunes the rest from each call (see the
+        module docstring; measured: a first-order step costs the same as with one trace per
         kind of pass), while one trace instead of two cut the first-order
         graph from ~124k to ~85k ops (first call 317 s -> ~270 s, peak
         5.1 -> 4.1 GB together with the BN and unstack changes)."""
