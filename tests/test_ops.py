@@ -144,6 +144,44 @@ def test_dil_conv_matches_reference(k, stride, size, rng):
     np.testing.assert_allclose(run(layer, x), h, atol=1e-9)
 
 
+def _depthwise_derivatives(layer, x, v):
+    """Output, first derivatives (input, kernel) of ``sum(y·c)`` and their
+    derivative along ``v`` in the input (a Hessian-vector product by nested
+    tapes: second derivatives through the gradient)."""
+    with tf.GradientTape() as outer:
+        outer.watch(x)
+        with tf.GradientTape() as inner:
+            inner.watch(x)
+            y = layer(x)
+            loss = tf.reduce_sum(tf.sin(y))  # curved, so the HVP is not zero
+        dx, dk = inner.gradient(loss, [x, layer.kernel])
+        directional = tf.reduce_sum(dx * v) + tf.reduce_sum(dk * dk)
+    return y, dx, dk, outer.gradient(directional, x)
+
+
+@pytest.mark.parametrize("compiled", [False, True], ids=["eager", "tf.function"])
+@pytest.mark.parametrize("kernel,dilation,padding,dtype", [
+    (5, 1, "same", "float32"), (5, 2, "same", "float32"), (5, 1, "valid", "float32"),
+    (7, 1, "same", "float64"), (5, 2, "same", "float64"), (3, 1, "same", "float32")])
+def test_depthwise_filter_gradient_matches_keras(kernel, dilation, padding, dtype, compiled, rng):
+    """tfnas's DepthwiseConv2D (its own filter gradient for kernels >= 5)
+    gives Keras' outputs, first derivatives and second derivatives."""
+    kwargs = dict(kernel_size=kernel, padding=padding, dilation_rate=dilation, use_bias=False,
+                  dtype=dtype)
+    ours, theirs = ops.DepthwiseConv2D(**kwargs), keras.layers.DepthwiseConv2D(**kwargs)
+    x = tf.constant(rng.normal(size=(3, 11, 10, 4)), dtype)
+    v = tf.constant(rng.normal(size=(3, 11, 10, 4)), dtype)
+    ours.build(x.shape)
+    theirs.build(x.shape)
+    theirs.kernel.assign(ours.kernel)
+    assert ours._fast_filter_gradient(x) == (kernel >= 5)
+    fn = tf.function(_depthwise_derivatives) if compiled else _depthwise_derivatives
+    tol = dict(rtol=1e-4, atol=1e-4) if dtype == "float32" else dict(rtol=1e-10, atol=1e-10)
+    for a, b in zip(fn(ours, x, v), fn(theirs, x, v)):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), **tol)
+    assert ops.DepthwiseConv2D.from_config(ours.get_config()).kernel_size == (kernel, kernel)
+
+
 @pytest.mark.parametrize("kind", ["max", "avg"])
 @pytest.mark.parametrize("stride,size", [(1, 8), (2, 8), (2, 7), (1, 5)])
 def test_pools_match_reference_excluding_padding(kind, stride, size, rng):
