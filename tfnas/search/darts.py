@@ -79,6 +79,16 @@ class DartsConfig:
         return cls(**{k: v for k, v in data.items() if k in names})
 
 
+def check_second_derivatives(low_memory: bool) -> None:
+    """Refuse the exact hypergradient for a low-memory network (the one check
+    the settings, the CLI and :class:`BilevelSearch` share): recomputed
+    activations give first derivatives only."""
+    if low_memory:
+        raise ValueError("the exact hypergradient (hessian exact) needs second derivatives, which "
+                         "a low-memory search network (recomputed activations) does not give: "
+                         "use hessian fd")
+
+
 def _as_dtype(value, dtype):
     # tf.cast of a Python float goes through float32; convert directly instead.
     if isinstance(value, (int, float)):
@@ -267,10 +277,7 @@ class BilevelSearch:
 
     def _exact_unrolled(self, xt, yt, xv, yv, w, a, xi):
         """∇α L_val(w'(α), α), differentiating through the virtual step."""
-        if getattr(self.model, "low_memory", False):
-            raise ValueError("the exact hypergradient needs second derivatives, which a "
-                             "low_memory search network (recomputed activations) does not "
-                             "give; use hessian='fd' or low_memory=False")
+        check_second_derivatives(getattr(self.model, "low_memory", False))
         cfg = self.config
         with deterministic_second_derivatives(self.model), tf.GradientTape() as outer:
             outer.watch(a)

@@ -21,7 +21,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field, fields
 
-from tfnas.search.darts import DartsConfig
+from tfnas.search.darts import DartsConfig, check_second_derivatives
 
 PRESETS = {
     # The reference: 50 epochs, batch 64, C=16, 8 layers, full halves of train.
@@ -72,9 +72,8 @@ class SearchSettings:
             else:
                 raise ValueError(f"unknown search setting {key!r}")
         config = DartsConfig.from_dict(darts)  # validates
-        if values.get("low_memory") and config.order == 2 and config.hessian == "exact":
-            raise ValueError("low memory (recomputed activations) gives first derivatives only; "
-                             "the exact hypergradient needs second ones: use hessian fd")
+        if config.order == 2 and config.hessian == "exact":
+            check_second_derivatives(bool(values.get("low_memory")))
         values["darts"] = config.to_dict()
         return cls(**values)
 

@@ -149,7 +149,7 @@ class EdgeStack(keras.layers.Layer):
                            dtype=self.dtype_policy, name="template")
         for pool in layers_of_type(template, Pool):  # its gradient is traced in a loop
             pool.gradient_recomputes = True
-        self._hidden = _Untracked(template=template, stacked=[])
+        self._hidden = _Untracked(template=template, stacked=())
 
     @property
     def template(self) -> MixedOp:
@@ -161,9 +161,9 @@ class EdgeStack(keras.layers.Layer):
         return (self.template,)
 
     @property
-    def stacked_variables(self) -> list:
+    def stacked_variables(self) -> tuple:
         """Variable ``i`` stacks every edge's value of ``template.variables[i]``."""
-        return list(self._hidden.stacked)
+        return self._hidden.stacked
 
     def build(self, x_shape):
         self.template.build(x_shape)
@@ -175,12 +175,14 @@ class EdgeStack(keras.layers.Layer):
         # e.g. "sep_conv_3x3.depthwise_1.kernel" (variable names cannot hold "/")
         slot_names = [v.path.split(f"{self.template.name}/", 1)[-1].replace("/", ".")
                       for v in self.template.variables]
+        stacked = []
         for i, (slot, name) in enumerate(zip(self.template.variables, slot_names)):
             values = np.stack([edge[i] for edge in per_edge])
-            self._hidden.stacked.append(self.add_weight(
+            stacked.append(self.add_weight(
                 shape=values.shape, dtype=slot.dtype, trainable=slot.trainable,
                 initializer=lambda shape, dtype=None, values=values: values,
                 aggregation=slot.aggregation, name=name))
+        self._hidden.stacked = tuple(stacked)
 
     def get_config(self):
         return {**super().get_config(), "count": self.count, "channels": self.channels,
@@ -218,12 +220,11 @@ class SearchCell(keras.layers.Layer):
                 EdgeStack(len(ids), self.channels, 2 if self.reduction and g == 0 else 1,
                           self.space.operations, bn_fused=bn_fused, dtype=dt, name=names[g])
                 for g, ids in enumerate(self.edge_groups())]
-            return
-        self.edges = []
-        for node, j in self.space.edge_inputs():
-            stride = 2 if self.reduction and j < 2 else 1
-            self.edges.append(MixedOp(self.channels, stride, self.space.operations,
-                                      bn_fused=bn_fused, dtype=dt, name=f"edge_{node}_{j}"))
+        else:
+            self.edges = [MixedOp(self.channels, 2 if self.reduction and j < 2 else 1,
+                                  self.space.operations, bn_fused=bn_fused, dtype=dt,
+                                  name=f"edge_{node}_{j}")
+                          for node, j in self.space.edge_inputs()]
 
     def edge_groups(self) -> list:
         """The edge indices each loop of the low-memory form runs, in order:
@@ -246,14 +247,14 @@ class SearchCell(keras.layers.Layer):
             self.edge_stacks[0].build(shapes[1])
             if len(self.edge_stacks) > 1:
                 self.edge_stacks[1].build(self.edge_stacks[0].template.compute_output_shape(shapes[1]))
-            return
-        offset = 0
-        for _ in range(self.space.num_nodes):
-            for j, shape in enumerate(shapes):
-                self.edges[offset + j].build(shape)
-            node_shape = self.edges[offset].compute_output_shape(shapes[0])
-            offset += len(shapes)
-            shapes.append(node_shape)
+        else:
+            offset = 0
+            for _ in range(self.space.num_nodes):
+                for j, shape in enumerate(shapes):
+                    self.edges[offset + j].build(shape)
+                node_shape = self.edges[offset].compute_output_shape(shapes[0])
+                offset += len(shapes)
+                shapes.append(node_shape)
 
     def compute_output_shape(self, s0_shape, s1_shape, weights_shape=None):
         b, h, w, _ = self.preprocess1.compute_output_shape(s1_shape)
