@@ -14,8 +14,9 @@ second order (fd), peak 2.7–3.5 GB.
 ``--low-memory`` measures ``SearchNetwork(low_memory=True)`` (search.py
 ``--low-memory``: each cell's edges in loops over stacked per-edge
 variables, activations recomputed); it does not apply to ``order2_exact``.
-Like search.py, each mode caps glibc's malloc arenas at one
-(``--malloc-arenas 0`` keeps glibc's default, for comparison).
+Like search.py, each mode caps glibc's malloc arenas at one per inter-op
+thread (``--malloc-arenas N`` caps them at N, ``0`` keeps glibc's default,
+for comparison).
 
 With ``--torch-python PY`` (an interpreter that has PyTorch; not a tfnas
 dependency) the PyTorch reference (bench/reference_torch.py) is re-timed in
@@ -38,9 +39,11 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 MODES = {"order1": (1, "fd"), "order2_fd": (2, "fd"), "order2_exact": (2, "exact")}
 
 
-def run_mode(mode, steps, C, layers, batch, inter=None, low_memory=False, malloc_arenas=1):
+def run_mode(mode, steps, C, layers, batch, inter=None, low_memory=False, malloc_arenas=None):
     from tfnas.runtime import configure_threads, inter_op_threads, limit_malloc_arenas, quiet_tensorflow
     quiet_tensorflow()
+    if malloc_arenas is None:
+        malloc_arenas = inter_op_threads()  # as search.py
     arenas_capped = limit_malloc_arenas(malloc_arenas) if malloc_arenas else False
     import numpy as np
     import tensorflow as tf
@@ -94,8 +97,9 @@ def main(argv=None):
                         help="python with torch: also time the PyTorch reference in this run")
     parser.add_argument("--low-memory", action="store_true",
                         help="the low-memory search network (search.py --low-memory)")
-    parser.add_argument("--malloc-arenas", type=int, default=1,
-                        help="cap glibc malloc arenas as search.py does (default 1; 0: glibc's default)")
+    parser.add_argument("--malloc-arenas", type=int, default=None,
+                        help="cap glibc malloc arenas at N (default: as search.py, one per inter-op "
+                             "thread; 0: glibc's default)")
     parser.add_argument("--one", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.low_memory and "order2_exact" in (args.one or args.modes).split(","):
@@ -112,7 +116,8 @@ def main(argv=None):
             cmd += ["--inter", str(args.inter)]
         if args.low_memory:
             cmd += ["--low-memory"]
-        cmd += ["--malloc-arenas", str(args.malloc_arenas)]
+        if args.malloc_arenas is not None:
+            cmd += ["--malloc-arenas", str(args.malloc_arenas)]
         out = subprocess.run(cmd, capture_output=True, text=True)
         if out.returncode != 0:
             print(out.stderr[-3000:], file=sys.stderr)
@@ -151,7 +156,8 @@ def main(argv=None):
         "trace_s": max(r["trace_s"] for r in results.values()),
         "trace_s_per_mode": {m: r["trace_s"] for m, r in results.items()},
         "config": {"C": args.C, "layers": args.layers, "batch": args.batch, "steps": args.steps,
-                   "low_memory": args.low_memory, "malloc_arenas": args.malloc_arenas},
+                   "low_memory": args.low_memory,
+                   "malloc_arenas": next(iter(results.values()))["malloc_arenas"]},
         "loadavg": os.getloadavg()[0],
     })
     print(json.dumps(summary))

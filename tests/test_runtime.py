@@ -5,6 +5,8 @@ import sys
 
 import pytest
 
+from tfnas.runtime import inter_op_threads
+
 QUIET_IMPORT = """
 from tfnas.runtime import quiet_tensorflow
 quiet_tensorflow()
@@ -26,7 +28,6 @@ def test_tensorflow_start_up_noise_is_hidden_but_stderr_still_works():
 
 
 def test_inter_op_pool_is_one_per_core_unless_iterators_come_and_go(monkeypatch):
-    from tfnas.runtime import inter_op_threads
     monkeypatch.setattr(os, "cpu_count", lambda: 2)
     assert inter_op_threads() == 2                            # long-lived iterators: fastest
     assert inter_op_threads(iterators_per_epoch=True) >= 8    # the deadlock work-around
@@ -37,7 +38,8 @@ def test_inter_op_pool_is_one_per_core_unless_iterators_come_and_go(monkeypatch)
 ARENAS = """
 import ctypes, sys, threading
 from tfnas.runtime import limit_malloc_arenas
-applied = limit_malloc_arenas() if sys.argv[1] == "limit" else False
+mode = sys.argv[1]
+applied = limit_malloc_arenas(None if mode == "default" else int(mode)) if mode != "plain" else False
 libc = ctypes.CDLL(None)
 libc.malloc.restype = ctypes.c_void_p
 libc.free.argtypes = [ctypes.c_void_p]
@@ -72,8 +74,11 @@ def test_malloc_arenas_are_capped_unless_the_environment_says_otherwise():
     if platform.libc_ver()[0] != "glibc":
         pytest.skip("malloc arenas are a glibc feature")
     env = {k: v for k, v in os.environ.items() if k != "MALLOC_ARENA_MAX"}
-    assert _heaps("limit", env) == (1, "applied True")
+    assert _heaps("1", env) == (1, "applied True")
+    assert _heaps("2", env) == (2, "applied True")
+    # by default one arena per inter-op thread (the 6 threads and the main one: at most 7)
+    assert _heaps("default", env) == (min(inter_op_threads(), 7), "applied True")
     heaps, applied = _heaps("plain", env)
-    assert heaps > 1 and applied == "applied False"      # threads got arenas of their own
-    heaps, applied = _heaps("limit", dict(env, MALLOC_ARENA_MAX="3"))
+    assert heaps > 2 and applied == "applied False"      # threads got arenas of their own
+    heaps, applied = _heaps("1", dict(env, MALLOC_ARENA_MAX="3"))
     assert applied == "applied False" and heaps > 1      # the user's setting wins

@@ -94,17 +94,22 @@ def quiet_tensorflow() -> None:
 _M_ARENA_MAX = -8  # glibc <malloc.h>
 
 
-def limit_malloc_arenas(count: int = 1) -> bool:
+def limit_malloc_arenas(count: int | None = None) -> bool:
     """Cap the number of glibc malloc arenas; call before any thread starts.
 
     glibc gives threads their own arenas (up to 8 per core), and memory freed
     in one stays mapped there, so TensorFlow's peak RSS climbs while a large
-    graph is optimised and first run.  With one arena a low-memory DARTS
-    search step (C=16, 8 layers, batch 16) peaked at 2.07-2.11 GB instead of
-    2.37-2.38 GB in the same session, its steps no slower
-    (docs/benchmarks.md).  Leaves the setting alone if ``MALLOC_ARENA_MAX``
-    is set (glibc has read it) and off glibc.  Returns whether it applied.
+    graph is optimised and first run.  ``count`` defaults to one arena per
+    inter-op thread (:func:`inter_op_threads`, two on a 2-core CPU): a
+    low-memory DARTS search (C=16, 8 layers, batch 16) then peaked at
+    2.3-2.4 GB first order and 2.5-2.8 GB second order (glibc's default: 2.4
+    and 3.0 GB), while one arena (2.1 and 2.4 GB) made second-order steps
+    10-25 % slower from lock contention (docs/benchmarks.md).  Leaves the setting
+    alone if ``MALLOC_ARENA_MAX`` is set (glibc has read it) and off glibc.
+    Returns whether it applied.
     """
+    if count is None:
+        count = inter_op_threads()
     if count < 1:
         raise ValueError(f"malloc arenas must be at least 1, got {count}")
     if "MALLOC_ARENA_MAX" in os.environ or not sys.platform.startswith("linux"):

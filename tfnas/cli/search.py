@@ -52,9 +52,9 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--low-memory", action="store_true", default=None,
                    help="run each cell's edges in loops over stacked per-edge variables and "
                         "recompute activations in the backward pass: the same supernet in less "
-                        "memory (C=16, 8 layers, batch 16: ~2.1 instead of 4.0 GB first order, "
-                        "~2.4 instead of 6.6 GB second order; the PyTorch reference: 2.6 and 3.2 GB) "
-                        "but slower (~1.5x first order, ~2x second order); not with --hessian "
+                        "memory (C=16, 8 layers, batch 16: ~2.4 instead of 4.0 GB first order, "
+                        "~2.7 instead of 6.6 GB second order; the PyTorch reference: 2.6 and 3.2 GB) "
+                        "but slower (~1.3x first order, ~1.5x second order); not with --hessian "
                         "exact")
     p.add_argument("--preset", choices=("paper", "small"), default=None,
                    help="paper (50 epochs, batch 64, C=16, 8 layers) or small (minutes on a "
