@@ -43,7 +43,7 @@ def run_mode(mode, steps, C, layers, batch, inter=None, low_memory=False, malloc
     from tfnas.runtime import configure_threads, inter_op_threads, limit_malloc_arenas, quiet_tensorflow
     quiet_tensorflow()
     if malloc_arenas is None:
-        malloc_arenas = inter_op_threads()  # as search.py
+        malloc_arenas = inter_op_threads(inter)  # one per inter-op thread, as search.py
     arenas_capped = limit_malloc_arenas(malloc_arenas) if malloc_arenas else False
     import numpy as np
     import tensorflow as tf

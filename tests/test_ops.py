@@ -145,9 +145,9 @@ def test_dil_conv_matches_reference(k, stride, size, rng):
 
 
 def _depthwise_derivatives(layer, x, v):
-    """Output, first derivatives (input, kernel) of ``sum(y·c)`` and their
-    derivative along ``v`` in the input (a Hessian-vector product by nested
-    tapes: second derivatives through the gradient)."""
+    """Output, first derivatives (input, kernel) of ``sum(sin(y))``, and the
+    input gradient of ``dx·v + |dk|²`` (nested tapes: second derivatives
+    through both the input and the filter gradient)."""
     with tf.GradientTape() as outer:
         outer.watch(x)
         with tf.GradientTape() as inner:
