@@ -45,6 +45,7 @@ import tensorflow as tf  # noqa: E402
 configure_threads(1, 2)
 
 from tfnas import genotypes, ops  # noqa: E402
+from tfnas.resolve import get_genotype  # noqa: E402
 from tfnas.networks import NetworkCIFAR  # noqa: E402
 
 
@@ -183,7 +184,7 @@ def fused_hvp_error(rng):
 # -- 4. speed ------------------------------------------------------------------------
 
 def step_time(fused, steps, drop_path=False):
-    model = NetworkCIFAR(genotypes.get_genotype("DARTS_V2"), 16, 8, 10, drop_path=drop_path)
+    model = NetworkCIFAR(get_genotype("DARTS_V2"), 16, 8, 10, drop_path=drop_path)
     ops.set_batch_norm_fused(model, fused)
     model.build((32, 32, 32, 3))
     if drop_path:
@@ -229,7 +230,7 @@ def main(argv=None):
         print(f"  {label:28s} {err:.1e}")
     result["op_max_rel_err"] = max(op_errors.values())
 
-    darts = genotypes.get_genotype("DARTS_V2")
+    darts = get_genotype("DARTS_V2")
     print(f"\n== NetworkCIFAR DARTS_V2 C=8, 5 layers, batch 16, {args.seeds} weight seeds")
     net, flips = network_errors(darts, args.seeds)
     for path, values in net.items():
@@ -247,7 +248,7 @@ def main(argv=None):
         result[f"net_seeds_without_flips_{path}"] = sum(f == 0 for f in flips[path])
 
     print(f"\n== smooth control: ENAS (no max pool), ReLU -> softplus, {args.seeds} seeds")
-    smooth, _ = network_errors(genotypes.get_genotype("ENAS"), args.seeds, smooth=True)
+    smooth, _ = network_errors(get_genotype("ENAS"), args.seeds, smooth=True)
     for path, values in smooth.items():
         print(f"  {path:15s} max {max(values):.1e}  median {statistics.median(values):.1e}")
         result[f"smooth_rel_err_{path}_max"] = max(values)

@@ -9,7 +9,8 @@ import sys
 import pytest
 
 from tfnas.cli.analyze import main
-from tfnas.genotypes import get_genotype, zoo_names
+from tfnas.genotypes import zoo_names
+from tfnas.resolve import get_genotype
 
 from conftest import REPO
 

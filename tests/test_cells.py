@@ -4,7 +4,9 @@ import numpy as np
 import tensorflow as tf
 
 from tfnas import genotypes, ops
-from tfnas.cells import Cell, DropPath, cell_parameter_count
+from tfnas.resolve import get_genotype
+from tfnas.cells import Cell, DropPath
+from tfnas.plan import cell_parameter_count
 
 # Every edge an identity: node2 = s0 + s1, node3 = s1 + n2, node4 = s0 + n3.
 ALL_SKIP = genotypes.Cell(
@@ -31,7 +33,7 @@ def test_cell_wires_nodes_and_concat_as_the_genotype_says():
 
 
 def test_reduction_cell_strides_only_edges_from_inputs():
-    g = genotypes.get_genotype("DARTS_V2")
+    g = get_genotype("DARTS_V2")
     reduce = g.cell("reduce")
     cell = Cell(reduce, 8, reduction=True, reduction_prev=True)
     # s0 comes from before the previous reduction: twice the resolution.
@@ -45,7 +47,7 @@ def test_reduction_cell_strides_only_edges_from_inputs():
 
 
 def test_cell_parameter_count_formula():
-    g = genotypes.get_genotype("AmoebaNet")  # conv_7x1_1x7, sep_conv_7x7, 5 nodes
+    g = get_genotype("AmoebaNet")  # conv_7x1_1x7, sep_conv_7x7, 5 nodes
     for kind, reduction, prev in [("normal", False, False), ("normal", False, True), ("reduce", True, False)]:
         cell = Cell(g.cell(kind), 6, reduction=reduction, reduction_prev=prev)
         s0 = (1, 16 if prev else 8, 16 if prev else 8, 10)
@@ -55,7 +57,7 @@ def test_cell_parameter_count_formula():
 
 
 def test_cell_config_round_trip():
-    cell = Cell(genotypes.get_genotype("DARTS_V2").cell("normal"), 4, reduction_prev=True)
+    cell = Cell(get_genotype("DARTS_V2").cell("normal"), 4, reduction_prev=True)
     clone = Cell.from_config(cell.get_config())
     assert clone.cell == cell.cell and clone.get_config() == cell.get_config()
 

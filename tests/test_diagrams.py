@@ -7,7 +7,8 @@ import pytest
 from tfnas.diagrams import (
     DiagramError, cell_figure_png_bytes, draw_cell, draw_cells, draw_genotype, figure1,
 )
-from tfnas.genotypes import KNOWN_OPS, get_genotype
+from tfnas.genotypes import KNOWN_OPS
+from tfnas.resolve import get_genotype
 from tfnas.variants import deepest_rewiring
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

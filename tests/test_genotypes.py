@@ -7,9 +7,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tfnas.genotypes import (
-    DARTS_OPS, DARTS_OPS_NO_NONE, KNOWN_OPS, Cell, Genotype, GenotypeError, get_genotype,
-    parse_genotype, resolve_genotype, zoo_names,
+    DARTS_OPS, DARTS_OPS_NO_NONE, KNOWN_OPS, Cell, Genotype, GenotypeError, parse_genotype, zoo_names,
 )
+from tfnas.resolve import get_genotype, resolve_genotype
 
 ZOO = zoo_names()
 DARTS_V2_REPR = (

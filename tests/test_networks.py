@@ -9,9 +9,10 @@ import keras
 import tensorflow as tf
 
 from tfnas import genotypes
+from tfnas.resolve import get_genotype
 from tfnas.networks import NetworkCIFAR, count_parameters, parameter_counts
 
-DARTS_V2 = genotypes.get_genotype("DARTS_V2")
+DARTS_V2 = get_genotype("DARTS_V2")
 
 
 def test_parameter_parity_analytic():
@@ -35,7 +36,7 @@ def images():
 
 @pytest.mark.parametrize("name", genotypes.zoo_names())
 def test_every_zoo_genotype_builds_and_counts_match(name, images):
-    genotype = genotypes.get_genotype(name)
+    genotype = get_genotype(name)
     model = NetworkCIFAR(genotype, init_channels=4, layers=3, num_classes=7, auxiliary=True)
     logits, aux = model.call_with_aux(images, training=True)
     assert logits.shape == (2, 7) and aux.shape == (2, 7)

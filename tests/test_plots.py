@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from tfnas import plots
-from tfnas.genotypes import get_genotype
+from tfnas.resolve import get_genotype
 
 
 def _bowl(n=21):

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from tfnas.genotypes import get_genotype, resolve_genotype
+from tfnas.resolve import get_genotype, resolve_genotype
 from tfnas.search.derive import derive_cell, derive_genotype, genotype_record
 from tfnas.space import DARTS_SPACE, ENAS_SPACE
 

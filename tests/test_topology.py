@@ -4,7 +4,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tfnas.genotypes import Cell, Genotype, get_genotype
+from tfnas.genotypes import Cell, Genotype
+from tfnas.resolve import get_genotype
 from tfnas.topology import (
     cell_depth, cell_width, node_breakdown, node_depths, node_widths, summarize,
 )

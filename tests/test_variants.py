@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 
-from tfnas.genotypes import DARTS_OPS_NO_NONE, GenotypeError, get_genotype, zoo_names
+from tfnas.genotypes import DARTS_OPS_NO_NONE, GenotypeError, zoo_names
+from tfnas.resolve import get_genotype
 from tfnas.topology import cell_depth, cell_width
 from tfnas.variants import (
     conn_variant, deepest_rewiring, make_variant, named_variant, ops_variant,

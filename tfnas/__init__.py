@@ -2,6 +2,5 @@
 
 __version__ = "0.1.0"
 
-from tfnas.genotypes import (  # noqa: F401
-    Cell, Genotype, GenotypeError, get_genotype, parse_genotype, resolve_genotype, zoo_names,
-)
+from tfnas.genotypes import Cell, Genotype, GenotypeError, parse_genotype, zoo_names  # noqa: F401
+from tfnas.resolve import get_genotype, resolve_genotype  # noqa: F401

@@ -6,9 +6,9 @@ import keras
 import tensorflow as tf
 
 from tfnas import genotypes as _genotypes
-from tfnas.ops import FactorizedReduce, Identity, ReLUConvBN, make_operation, operation_parameter_count
+from tfnas.ops import FactorizedReduce, Identity, ReLUConvBN, make_operation
 
-__all__ = ["Cell", "DropPath", "cell_parameter_count"]
+__all__ = ["Cell", "DropPath"]
 
 _register = keras.saving.register_keras_serializable(package="tfnas")
 
@@ -136,15 +136,3 @@ class Cell(keras.layers.Layer):
                 "cell": {"edges": [list(e) for e in self.cell.edges], "concat": list(self.cell.concat)},
                 "channels": self.channels, "reduction": self.reduction,
                 "reduction_prev": self.reduction_prev, "affine": self.affine}
-
-
-def cell_parameter_count(cell, channels_prev_prev, channels_prev, channels, reduction, reduction_prev,
-                         affine=True) -> int:
-    """Trainable parameters of :class:`Cell` without building it."""
-    bn = 2 * channels if affine else 0
-    # FactorizedReduce (two C/2 1x1 convs) and the 1x1 ReLUConvBN have the same count.
-    total = channels_prev_prev * channels + bn + channels_prev * channels + bn
-    for op, index in cell.edges:
-        stride = 2 if reduction and index < 2 else 1
-        total += operation_parameter_count(op, channels, stride, affine)
-    return total

@@ -332,7 +332,7 @@ def draw_genotype(genotype: Genotype, path=None, title: str | None = None):
 def figure1(path=None, names=FIGURE1_GENOTYPES, ncols: int = 3):
     """The paper's Figure 1: the published normal cells labelled with width
     and depth."""
-    from tfnas.genotypes import get_genotype
+    from tfnas.resolve import get_genotype
     return draw_cells([(get_genotype(n).cell("normal"), n) for n in names], path, ncols=ncols)
 
 

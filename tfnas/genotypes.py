@@ -7,41 +7,27 @@ concatenates the nodes in its concat list.
 
 Genotypes are read from JSON or from the ``Genotype(normal=[...], ...)`` repr
 that DARTS prints.  The repr is parsed with :mod:`ast` and walked by hand: it
-is never evaluated.
+is never evaluated.  The published genotypes (the zoo) are here by name;
+resolving what a user may pass (variant names, files, strings) is
+:mod:`tfnas.resolve`.
 """
 
 from __future__ import annotations
 
 import ast
 import json
-import os
-import re
 from dataclasses import dataclass, field
 from functools import lru_cache
 from importlib import resources
-from typing import Iterable, Mapping
+from typing import Mapping
+
+from tfnas.operations import (DARTS_OPS, DARTS_OPS_NO_NONE, ENAS_OPS, KNOWN_OPS,  # noqa: F401
+                              NASNET_EXTRA_OPS, GenotypeError, operation_spec)
 
 __all__ = [
     "DARTS_OPS", "DARTS_OPS_NO_NONE", "NASNET_EXTRA_OPS", "ENAS_OPS", "KNOWN_OPS",
-    "GenotypeError", "Cell", "Genotype", "parse_genotype", "zoo_names",
-    "get_genotype", "resolve_genotype",
+    "GenotypeError", "Cell", "Genotype", "parse_genotype", "zoo_names", "zoo_genotype",
 ]
-
-# The DARTS operation list, in the reference order (index j of an OPS variant
-# maps to DARTS_OPS_NO_NONE[j]).
-DARTS_OPS = (
-    "none", "max_pool_3x3", "avg_pool_3x3", "skip_connect",
-    "sep_conv_3x3", "sep_conv_5x5", "dil_conv_3x3", "dil_conv_5x5",
-)
-DARTS_OPS_NO_NONE = DARTS_OPS[1:]
-NASNET_EXTRA_OPS = ("sep_conv_7x7", "conv_7x1_1x7")
-# ENAS micro space; its "identity" is DARTS's skip_connect.
-ENAS_OPS = ("skip_connect", "sep_conv_3x3", "sep_conv_5x5", "avg_pool_3x3", "max_pool_3x3")
-KNOWN_OPS = frozenset(DARTS_OPS + NASNET_EXTRA_OPS)
-
-
-class GenotypeError(ValueError):
-    """A genotype that cannot be parsed or is not a valid pair of cells."""
 
 
 def _is_index(value) -> bool:
@@ -107,9 +93,10 @@ class Cell:
         for e, (op, idx) in enumerate(self.edges):
             node = 2 + e // 2
             if op not in KNOWN_OPS:
-                raise GenotypeError(
-                    f"{where}, edge {e} (node {node}): unknown operation {op!r}; "
-                    f"known: {', '.join(sorted(KNOWN_OPS))}")
+                try:
+                    operation_spec(op)
+                except GenotypeError as err:
+                    raise GenotypeError(f"{where}, edge {e} (node {node}): {err}") from None
             if idx < 0:
                 raise GenotypeError(f"{where}, edge {e} (node {node}): negative input index {idx}")
             if idx >= node:
@@ -345,53 +332,10 @@ def zoo_names(include_aliases: bool = False) -> list:
     return [n for n in _zoo() if include_aliases or n != "DARTS"]
 
 
-# Variant names: <ARCH>_CONN<k>, <ARCH>_OPS<k>, <ARCH>_WIDEST, <ARCH>_DEEPEST.
-_VARIANT_NAME = re.compile(r"^(?P<arch>.+?)_(?:(?:CONN|OPS)\d+|WIDEST|DEEPEST)$")
-
-
-def get_genotype(name: str) -> Genotype:
-    """A zoo genotype (``DARTS_V2``, ``ENAS``, …) or a variant of one
-    (``DARTS_CONN3``, ``ENAS_OPS7``)."""
+def zoo_genotype(name: str) -> Genotype:
+    """A published genotype by name (``DARTS`` is ``DARTS_V2``); variants and
+    files resolve through :func:`tfnas.resolve.resolve_genotype`."""
     zoo = _zoo()
-    if name in zoo:
-        return zoo[name]
-    match = _VARIANT_NAME.match(name)
-    if match and match["arch"] in zoo:
-        from tfnas import variants  # variants build on this module
-        return variants.named_variant(name)
-    raise GenotypeError(
-        f"unknown genotype {name!r}; known: {', '.join(zoo_names(True))} "
-        f"and their variants <NAME>_CONN<k>, <NAME>_OPS<k>, <NAME>_WIDEST, <NAME>_DEEPEST")
-
-
-def resolve_genotype(spec: str) -> Genotype:
-    """Whatever a user may pass as ``--genotype``: a zoo or variant name, a
-    path to a JSON or repr file, or a JSON or repr string."""
-    if isinstance(spec, Genotype):
-        return spec
-    spec = str(spec).strip()
-    if not spec:
-        raise GenotypeError("empty genotype")
-    if spec.startswith("{") or spec.startswith("Genotype("):
-        return parse_genotype(spec)
-    if os.path.isfile(spec):
-        try:
-            with open(spec, encoding="utf-8") as fh:
-                text = fh.read()
-        except (OSError, UnicodeDecodeError) as err:
-            raise GenotypeError(f"cannot read genotype file {spec}: {err}") from None
-        stem = os.path.splitext(os.path.basename(spec))[0]
-        try:
-            genotype = parse_genotype(text)
-        except GenotypeError as err:
-            raise GenotypeError(f"{spec}: {err}") from None
-        # A name stored in the file wins; else the file's stem names it.
-        return genotype if genotype.name else genotype.with_name(stem)
-    if re.fullmatch(r"[A-Za-z][\w.-]*", spec) and not spec.endswith((".json", ".txt")):
-        return get_genotype(spec)
-    raise GenotypeError(f"genotype {spec!r} is not a known name, an existing file, "
-                        f"JSON or a Genotype(...) repr")
-
-
-def as_genotypes(specs: Iterable[str]) -> list:
-    return [resolve_genotype(s) for s in specs]
+    if name not in zoo:
+        raise GenotypeError(f"unknown genotype {name!r}; known: {', '.join(zoo_names(True))}")
+    return zoo[name]

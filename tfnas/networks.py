@@ -1,4 +1,18 @@
-"""The evaluation network (DARTS ``NetworkCIFAR``) and parameter counts."""
+"""One network skeleton for every tfnas network, and the evaluation network.
+
+:class:`CellNetwork` is the skeleton of :mod:`tfnas.plan` as a Keras model:
+stem (3×3 conv + BN), the cells of the plan, an optional auxiliary head,
+global average pooling and the classifier.  A subclass says only how its
+cells are made, built and called:
+
+- :class:`NetworkCIFAR` (DARTS ``NetworkCIFAR``): evaluation cells of a
+  genotype, drop path, the auxiliary head;
+- :class:`tfnas.search.supernet.SearchNetwork`: the DARTS supernet;
+- the ENAS child network (``tfnas.search.enas_child``).
+
+:func:`build_network` builds the evaluation network a run's
+:class:`tfnas.config.NetworkSpec` describes.
+"""
 
 from __future__ import annotations
 
@@ -7,47 +21,24 @@ import math
 import keras
 import tensorflow as tf
 
-from tfnas import genotypes as _genotypes
-from tfnas.cells import Cell, cell_parameter_count
-from tfnas.ops import BatchNorm, _conv_init, _pad
+from tfnas.cells import Cell
+from tfnas.ops import BatchNorm, conv_initializer, pad_symmetric
+from tfnas.plan import STEM_MULTIPLIER, STEMS, genotype_plan, parameter_counts  # noqa: F401
+from tfnas.resolve import genotype_from_config, resolve_genotype
 
-__all__ = ["AuxiliaryHeadCIFAR", "NetworkCIFAR", "STEMS", "count_parameters", "parameter_counts", "cell_plan"]
+__all__ = ["AuxiliaryHeadCIFAR", "CellNetwork", "NetworkCIFAR", "STEMS", "count_parameters",
+           "parameter_counts", "dense_classifier", "build_network"]
 
 _register = keras.saving.register_keras_serializable(package="tfnas")
 
-STEM_MULTIPLIER = 3
-# "cifar": 3x3 conv stride 1 (32x32 inputs).  "imagenet64": the same conv at
-# stride 2 with symmetric padding 1, so 64x64 inputs reach the cells at 32x32
-# and the rest of the network (reductions, 8x8 auxiliary input) is unchanged;
-# same parameter count as "cifar".
-STEMS = {"cifar": 1, "imagenet64": 2}
 
-
-def _dense(units, fan_in, dtype, name):
-    # PyTorch nn.Linear init: U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for weight and bias.
+def dense_classifier(units, fan_in, dtype=None, name="classifier", use_bias=True):
+    """A linear layer with PyTorch ``nn.Linear``'s initialisation:
+    U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for weight and bias."""
     bound = 1.0 / math.sqrt(fan_in)
-    return keras.layers.Dense(units, kernel_initializer=_conv_init(),
+    return keras.layers.Dense(units, kernel_initializer=conv_initializer(), use_bias=use_bias,
                               bias_initializer=keras.initializers.RandomUniform(-bound, bound),
                               dtype=dtype, name=name)
-
-
-def cell_plan(genotype, init_channels, layers):
-    """Per cell ``(C_prev_prev, C_prev, C, reduction, reduction_prev)``, plus
-    the channels entering the auxiliary head and the classifier."""
-    c_curr = STEM_MULTIPLIER * init_channels
-    c_pp, c_p, c_curr = c_curr, c_curr, init_channels
-    plan, reduction_prev, c_aux = [], False, None
-    for i in range(layers):
-        reduction = i in (layers // 3, 2 * layers // 3)
-        if reduction:
-            c_curr *= 2
-        plan.append((c_pp, c_p, c_curr, reduction, reduction_prev))
-        multiplier = len((genotype.reduce_concat if reduction else genotype.normal_concat))
-        reduction_prev = reduction
-        c_pp, c_p = c_p, multiplier * c_curr
-        if i == 2 * layers // 3:
-            c_aux = c_p
-    return plan, c_aux, c_p
 
 
 @_register
@@ -59,11 +50,13 @@ class AuxiliaryHeadCIFAR(keras.layers.Layer):
         super().__init__(**kwargs)
         self.num_classes = int(num_classes)
         dt = self.dtype_policy
-        self.conv_1 = keras.layers.Conv2D(128, 1, use_bias=False, kernel_initializer=_conv_init(), dtype=dt, name="conv_1")
+        self.conv_1 = keras.layers.Conv2D(128, 1, use_bias=False, kernel_initializer=conv_initializer(),
+                                          dtype=dt, name="conv_1")
         self.bn_1 = BatchNorm(dtype=dt, name="bn_1")
-        self.conv_2 = keras.layers.Conv2D(768, 2, use_bias=False, kernel_initializer=_conv_init(), dtype=dt, name="conv_2")
+        self.conv_2 = keras.layers.Conv2D(768, 2, use_bias=False, kernel_initializer=conv_initializer(),
+                                          dtype=dt, name="conv_2")
         self.bn_2 = BatchNorm(dtype=dt, name="bn_2")
-        self.classifier = _dense(self.num_classes, 768, dt, "classifier")
+        self.classifier = dense_classifier(self.num_classes, 768, dt, "classifier")
 
     def build(self, input_shape):
         b, h, w, c = input_shape
@@ -89,18 +82,126 @@ class AuxiliaryHeadCIFAR(keras.layers.Layer):
         return {**super().get_config(), "num_classes": self.num_classes}
 
 
+class CellNetwork(keras.Model):
+    """The skeleton (see the module docstring).  Subclasses implement
+    :meth:`make_cell`, :meth:`build_cell` and :meth:`call_cell`, and may
+    override :meth:`make_auxiliary_head` and :meth:`classify`.
+
+    Layers are created in the order stem, cells, auxiliary head, classifier
+    (checkpoints list variables in that order)."""
+
+    def __init__(self, init_channels, layers, num_classes, plan, stem="cifar", stem_bn_fused=None,
+                 **kwargs):
+        super().__init__(**kwargs)
+        if stem not in STEMS:
+            raise ValueError(f"unknown stem {stem!r}; choose from {', '.join(STEMS)}")
+        self.init_channels, self.num_layers = int(init_channels), int(layers)
+        self.num_classes, self.stem_kind = int(num_classes), stem
+        self.plan = plan
+        dt = self.dtype_policy
+        stride = STEMS[stem]
+        self.stem_conv = keras.layers.Conv2D(
+            plan.stem_channels, 3, strides=stride, padding="same" if stride == 1 else "valid",
+            use_bias=False, kernel_initializer=conv_initializer(), dtype=dt, name="stem_conv")
+        self.stem_bn = BatchNorm(affine=True, fused=stem_bn_fused, dtype=dt, name="stem_bn")
+        self.cells = [self.make_cell(slot) for slot in plan.cells]
+        self.auxiliary_head = self.make_auxiliary_head()
+        self.classifier = self.make_classifier()
+
+    # -- what a subclass says ---------------------------------------------------------
+    def make_cell(self, slot):
+        raise NotImplementedError
+
+    def build_cell(self, cell, s0_shape, s1_shape):
+        """Build ``cell`` for its two input shapes; return its output shape."""
+        raise NotImplementedError
+
+    def call_cell(self, cell, s0, s1, training, context):
+        """Run ``cell``; ``context`` is what :meth:`cell_context` prepared for this call."""
+        raise NotImplementedError
+
+    def cell_context(self, training):
+        """Per-call values the cells share (alpha softmaxes, drop-path probability)."""
+        return None
+
+    def make_auxiliary_head(self):
+        return None
+
+    def make_classifier(self):
+        return dense_classifier(self.num_classes, self.plan.final_channels, self.dtype_policy,
+                                "classifier")
+
+    def classify(self, features, training):
+        """Logits from the last cell's output: global average pooling, linear."""
+        return self.classifier(tf.reduce_mean(features, axis=[1, 2]))
+
+    # -- the skeleton -----------------------------------------------------------------
+    def _stem_input_shape(self, shape):
+        if STEMS[self.stem_kind] == 1:
+            return shape
+        b, h, w, c = shape
+        return (b, None if h is None else h + 2, None if w is None else w + 2, c)
+
+    def build(self, input_shape):
+        input_shape = tuple(input_shape)
+        if len(input_shape) != 4 or input_shape[-1] is None:
+            raise ValueError(f"{type(self).__name__} expects NHWC inputs with known channels, "
+                             f"got shape {input_shape}")
+        shape = self._stem_input_shape(input_shape)
+        self.stem_conv.build(shape)
+        shape = self.stem_conv.compute_output_shape(shape)
+        self.stem_bn.build(shape)
+        s0 = s1 = shape
+        for i, cell in enumerate(self.cells):
+            s0, s1 = s1, self.build_cell(cell, s0, s1)
+            if i == self.plan.aux_index and self.auxiliary_head is not None:
+                self.auxiliary_head.build(s1)
+        self.classifier.build((input_shape[0], s1[-1]))
+        self.built = True
+
+    def build_for(self, image_shape=(32, 32, 3)):
+        """Create every variable from shapes (no forward pass); returns the model."""
+        self.build((None, *image_shape))
+        return self
+
+    def stem(self, x, training):
+        if STEMS[self.stem_kind] != 1:
+            x = pad_symmetric(x, 1)
+        return self.stem_bn(self.stem_conv(x), training=training)
+
+    def features(self, x, training, with_aux=False):
+        """The last cell's output and the auxiliary logits (None unless asked
+        for, in training, with a head)."""
+        if not self.built:
+            self.build(tuple(x.shape))
+        context = self.cell_context(training)
+        s0 = s1 = self.stem(x, training)
+        aux = None
+        for i, cell in enumerate(self.cells):
+            s0, s1 = s1, self.call_cell(cell, s0, s1, training, context)
+            if i == self.plan.aux_index and with_aux and training and self.auxiliary_head is not None:
+                aux = self.auxiliary_head(s1, training=training)
+        return s1, aux
+
+    def call(self, inputs, training=False):
+        return self.classify(self.features(inputs, training)[0], training)
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], self.num_classes)
+
+
 def _as_genotype(genotype):
-    if isinstance(genotype, _genotypes.Genotype):
-        return genotype
     if isinstance(genotype, dict):
-        return _genotypes.Genotype.from_dict(genotype, name=genotype.get("name"))
+        return genotype_from_config(genotype)
     if isinstance(genotype, str):
-        return _genotypes.resolve_genotype(genotype)
+        return resolve_genotype(genotype)
+    if hasattr(genotype, "cell"):
+        return genotype
     raise TypeError(f"genotype must be a Genotype, dict or string, got {type(genotype).__name__}")
 
 
 @_register
-class NetworkCIFAR(keras.Model):
+class NetworkCIFAR(CellNetwork):
     """DARTS evaluation network: stem, ``layers`` cells (reductions at
     ``layers//3`` and ``2*layers//3``), optional auxiliary head on the output
     of cell ``2*layers//3``, global average pooling, linear classifier.
@@ -116,92 +217,50 @@ class NetworkCIFAR(keras.Model):
 
     def __init__(self, genotype, init_channels=36, layers=20, num_classes=10, auxiliary=False,
                  stem="cifar", drop_path_prob=0.0, drop_path=True, **kwargs):
-        super().__init__(**kwargs)
-        self.genotype = _as_genotype(genotype)
-        self.init_channels, self.num_layers = int(init_channels), int(layers)
-        self.num_classes, self.auxiliary = int(num_classes), bool(auxiliary)
-        if stem not in STEMS:
-            raise ValueError(f"unknown stem {stem!r}; choose from {', '.join(STEMS)}")
-        if self.num_layers < 3 or self.init_channels < 1 or self.num_classes < 1:
+        genotype = _as_genotype(genotype)
+        if int(layers) < 3 or int(init_channels) < 1 or int(num_classes) < 1:
             raise ValueError(f"need layers >= 3, init_channels >= 1, num_classes >= 1 "
                              f"(got {layers}, {init_channels}, {num_classes})")
-        self.stem_kind = stem
+        self.genotype = genotype
+        self.auxiliary = bool(auxiliary)
         self.drop_path = bool(drop_path)
-        dt = self.dtype_policy
-        c_stem = STEM_MULTIPLIER * self.init_channels
-        stride = STEMS[stem]
-        self.stem_conv = keras.layers.Conv2D(c_stem, 3, strides=stride, padding="same" if stride == 1 else "valid",
-                                             use_bias=False, kernel_initializer=_conv_init(), dtype=dt,
-                                             name="stem_conv")
-        self.stem_bn = BatchNorm(dtype=dt, name="stem_bn")
-        plan, c_aux, c_final = cell_plan(self.genotype, self.init_channels, self.num_layers)
-        self.cells = []
-        for i, (_, _, c, reduction, reduction_prev) in enumerate(plan):
-            kind = self.genotype.cell("reduce" if reduction else "normal")
-            self.cells.append(Cell(kind, c, reduction, reduction_prev, dtype=dt,
-                                   name=f"cell{i}_{'reduce' if reduction else 'normal'}"))
-        self.aux_index = 2 * self.num_layers // 3
-        self.auxiliary_head = AuxiliaryHeadCIFAR(self.num_classes, dtype=dt, name="auxiliary_head") \
-            if self.auxiliary else None
-        self.classifier = _dense(self.num_classes, c_final, dt, "classifier")
+        super().__init__(init_channels, layers, num_classes,
+                         genotype_plan(genotype, int(init_channels), int(layers)), stem=stem, **kwargs)
+        self.aux_index = self.plan.aux_index
         self.drop_path_prob = self.add_weight(shape=(), name="drop_path_prob", dtype="float32", trainable=False,
                                               initializer=keras.initializers.Constant(float(drop_path_prob)))
 
-    def build(self, input_shape):
-        input_shape = tuple(input_shape)
-        if len(input_shape) != 4 or input_shape[-1] is None:
-            raise ValueError(f"NetworkCIFAR expects NHWC inputs with known channels, got shape {input_shape}")
-        shape = self._stem_padded(input_shape)
-        self.stem_conv.build(shape)
-        shape = self.stem_conv.compute_output_shape(shape)
-        self.stem_bn.build(shape)
-        s0 = s1 = shape
-        for i, cell in enumerate(self.cells):
-            cell.build([s0, s1])
-            s0, s1 = s1, cell.compute_output_shape([s0, s1])
-            if i == self.aux_index and self.auxiliary_head is not None:
-                self.auxiliary_head.build(s1)
-        self.classifier.build((input_shape[0], s1[-1]))
-        self.built = True
+    def make_cell(self, slot):
+        kind = "reduce" if slot.reduction else "normal"
+        return Cell(self.genotype.cell(kind), slot.channels, slot.reduction, slot.reduction_prev,
+                    dtype=self.dtype_policy, name=f"cell{slot.index}_{kind}")
 
-    def _stem_padded(self, shape):
-        if STEMS[self.stem_kind] == 1:
-            return shape
-        b, h, w, c = shape
-        return (b, None if h is None else h + 2, None if w is None else w + 2, c)
+    def build_cell(self, cell, s0_shape, s1_shape):
+        cell.build([s0_shape, s1_shape])
+        return cell.compute_output_shape([s0_shape, s1_shape])
 
-    def _forward(self, inputs, training, with_aux):
-        if not self.built:
-            self.build(tuple(inputs.shape))
-        x = inputs
-        if STEMS[self.stem_kind] != 1:
-            x = _pad(x, 1)
-        s0 = s1 = self.stem_bn(self.stem_conv(x), training=training)
-        drop_prob = self.drop_path_prob.value if training and self.drop_path else None
-        aux = None
-        for i, cell in enumerate(self.cells):
-            s0, s1 = s1, cell([s0, s1], drop_prob=drop_prob, training=training)
-            if i == self.aux_index and with_aux and training and self.auxiliary_head is not None:
-                aux = self.auxiliary_head(s1, training=training)
-        logits = self.classifier(tf.reduce_mean(s1, axis=[1, 2]))
-        return logits, aux
+    def cell_context(self, training):
+        return self.drop_path_prob.value if training and self.drop_path else None
 
-    def call(self, inputs, training=False):
-        return self._forward(inputs, training, with_aux=False)[0]
+    def call_cell(self, cell, s0, s1, training, context):
+        return cell([s0, s1], drop_prob=context, training=training)
+
+    def make_auxiliary_head(self):
+        if not self.auxiliary:
+            return None
+        return AuxiliaryHeadCIFAR(self.num_classes, dtype=self.dtype_policy, name="auxiliary_head")
 
     def call_with_aux(self, inputs, training=False):
         """``(logits, aux_logits or None)``; aux only with ``auxiliary`` and in training."""
         inputs = tf.cast(inputs, self.compute_dtype)
-        return self._forward(inputs, bool(training), with_aux=True)
-
-    def compute_output_shape(self, input_shape):
-        return (input_shape[0], self.num_classes)
+        features, aux = self.features(inputs, bool(training), with_aux=True)
+        return self.classify(features, training), aux
 
     def get_config(self):
         return {**super().get_config(), "genotype": {**self.genotype.to_dict(), "name": self.genotype.name},
                 "init_channels": self.init_channels, "layers": self.num_layers,
-                "num_classes": self.num_classes, "auxiliary": self.auxiliary, "stem": self.stem_kind, "drop_path": self.drop_path,
-                "drop_path_prob": float(self.drop_path_prob.numpy())}
+                "num_classes": self.num_classes, "auxiliary": self.auxiliary, "stem": self.stem_kind,
+                "drop_path": self.drop_path, "drop_path_prob": float(self.drop_path_prob.numpy())}
 
     @classmethod
     def from_config(cls, config):
@@ -225,17 +284,9 @@ def count_parameters(model, auxiliary=False) -> int:
                    if auxiliary or id(v) not in aux_ids))
 
 
-def parameter_counts(genotype, init_channels=36, layers=20, num_classes=10) -> dict:
-    """``{"params": without the auxiliary head, "params_auxiliary": the head
-    alone}`` computed analytically (no model is built; tested against
-    :func:`count_parameters` of built models)."""
-    genotype = _as_genotype(genotype)
-    plan, c_aux, c_final = cell_plan(genotype, init_channels, layers)
-    c_stem = STEM_MULTIPLIER * init_channels
-    total = 3 * 3 * 3 * c_stem + 2 * c_stem
-    for c_pp, c_p, c, reduction, reduction_prev in plan:
-        cell = genotype.cell("reduce" if reduction else "normal")
-        total += cell_parameter_count(cell, c_pp, c_p, c, reduction, reduction_prev)
-    total += c_final * num_classes + num_classes
-    aux = c_aux * 128 + 2 * 128 + 128 * 768 * 4 + 2 * 768 + 768 * num_classes + num_classes
-    return {"params": int(total), "params_auxiliary": int(aux)}
+def build_network(spec) -> NetworkCIFAR:
+    """The built evaluation network of a :class:`tfnas.config.NetworkSpec`."""
+    model = NetworkCIFAR(genotype_from_config(spec.genotype), init_channels=spec.init_channels,
+                         layers=spec.layers, num_classes=spec.num_classes, auxiliary=spec.auxiliary,
+                         stem=spec.stem)
+    return model.build_for(tuple(spec.image_shape))

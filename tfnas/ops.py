@@ -21,13 +21,14 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tfnas.genotypes import GenotypeError
+from tfnas.operations import OPERATIONS, operation_parameter_count, operation_spec  # noqa: F401
 
 __all__ = [
     "BatchNorm", "PointwiseConv2D", "ReLUConvBN", "FactorizedReduce", "SepConv", "DilConv", "Pool",
-    "Zero", "Identity", "Conv7x1_1x7", "max_pool_3x3", "OPERATIONS", "make_operation",
+    "Zero", "Identity", "Conv7x1_1x7", "max_pool_3x3", "OPERATIONS", "LAYER_FACTORIES", "make_operation",
     "set_batch_norm_fused", "layers_of_type", "batch_norm_layers", "batch_statistics_frozen",
-    "deterministic_second_derivatives", "operation_parameter_count",
+    "deterministic_second_derivatives", "operation_parameter_count", "conv_initializer",
+    "pad_symmetric", "tf_variable",
 ]
 
 _register = keras.saving.register_keras_serializable(package="tfnas")
@@ -36,11 +37,16 @@ _register = keras.saving.register_keras_serializable(package="tfnas")
 # with a=sqrt(5), i.e. U(-1/sqrt(fan_in), 1/sqrt(fan_in)) = VarianceScaling
 # (1/3, fan_in, uniform).  Keras' glorot_uniform would also train; we keep the
 # reference's so that learning-rate settings transfer.
-def _conv_init():
+def conv_initializer():
     return keras.initializers.VarianceScaling(scale=1.0 / 3.0, mode="fan_in", distribution="uniform")
 
 
-def _pad(x, pad_h, pad_w=None, value=0.0):
+def tf_variable(variable):
+    """The ``tf.Variable`` behind a Keras variable (or the variable itself)."""
+    return variable.value if isinstance(variable, keras.Variable) else variable
+
+
+def pad_symmetric(x, pad_h, pad_w=None, value=0.0):
     """Symmetric spatial zero (or ``value``) padding of an NHWC tensor."""
     pad_w = pad_h if pad_w is None else pad_w
     if pad_h == 0 and pad_w == 0:
@@ -392,14 +398,14 @@ class _Operation(keras.layers.Layer):
 
     def _conv(self, filters, kernel, stride=1, padding="valid", name=None):
         if kernel == 1 and stride == 1:
-            return self._sub(PointwiseConv2D, filters, kernel_initializer=_conv_init(), name=name)
+            return self._sub(PointwiseConv2D, filters, kernel_initializer=conv_initializer(), name=name)
         return self._sub(keras.layers.Conv2D, filters, kernel, strides=stride, padding=padding,
-                         use_bias=False, kernel_initializer=_conv_init(), name=name)
+                         use_bias=False, kernel_initializer=conv_initializer(), name=name)
 
     def _depthwise(self, kernel, stride=1, dilation=1, padding="valid", name=None):
         return self._sub(DepthwiseConv2D, kernel, strides=stride, padding=padding,
                          dilation_rate=dilation, use_bias=False,
-                         depthwise_initializer=_conv_init(), name=name)
+                         depthwise_initializer=conv_initializer(), name=name)
 
     def _bn(self, name="bn"):
         return self._sub(BatchNorm, affine=self.affine, name=name)
@@ -466,7 +472,7 @@ class ReLUConvBN(_Operation):
     def call(self, inputs, training=False):
         x = tf.nn.relu(inputs)
         if not self._same:
-            x = _pad(x, self.padding)
+            x = pad_symmetric(x, self.padding)
         return self.bn(self.conv(x), training=training)
 
     def compute_output_shape(self, input_shape):
@@ -565,7 +571,7 @@ class DilConv(_Operation):
     def call(self, inputs, training=False):
         x = tf.nn.relu(inputs)
         if self._mode != "same":
-            x = _pad(x, self.padding)
+            x = pad_symmetric(x, self.padding)
         if self._mode == "subsample":
             x = _subsample_2(x) if self.stride == 2 else x[:, ::self.stride, ::self.stride, :]
         x = self.pointwise(self.depthwise(x))
@@ -610,7 +616,7 @@ class SepConv(_Operation):
     def call(self, inputs, training=False):
         x = tf.nn.relu(inputs)
         if not self._same:
-            x = _pad(x, self.padding)
+            x = pad_symmetric(x, self.padding)
         x = self.bn_1(self.pointwise_1(self.depthwise_1(x)), training=training)
         x = tf.nn.relu(x)
         x = self.bn_2(self.pointwise_2(self.depthwise_2(x)), training=training)
@@ -653,10 +659,10 @@ class Conv7x1_1x7(_Operation):
     def call(self, inputs, training=False):
         x = tf.nn.relu(inputs)
         if not self._same:
-            x = _pad(x, 0, 3)
+            x = pad_symmetric(x, 0, 3)
         x = self.conv_1x7(x)
         if not self._same:
-            x = _pad(x, 3, 0)
+            x = pad_symmetric(x, 3, 0)
         return self.bn(self.conv_7x1(x), training=training)
 
     def compute_output_shape(self, input_shape):
@@ -693,7 +699,7 @@ def max_pool_3x3(x, stride, deterministic_second_derivatives=False, gradient_rec
     if stride == 1:  # TF 'SAME' at stride 1 pads 1 on both sides, ignored by max
         padding = "SAME"
     else:
-        x, padding = _pad(x, 1, value=x.dtype.min), "VALID"
+        x, padding = pad_symmetric(x, 1, value=x.dtype.min), "VALID"
     if gradient_recomputes and not deterministic_second_derivatives:
         return _max_pool_gradient_recomputes(x, stride, padding)
     if not deterministic_second_derivatives:
@@ -744,7 +750,7 @@ class Pool(keras.layers.Layer):
                                 self.gradient_recomputes)
         if s == 1:  # TF 'SAME' pools ignore the padding, as the reference does
             return tf.nn.avg_pool2d(x, 3, 1, "SAME")
-        summed = tf.nn.avg_pool2d(_pad(x, 1), 3, s, "VALID")
+        summed = tf.nn.avg_pool2d(pad_symmetric(x, 1), 3, s, "VALID")
         return summed * self._count_correction(x)
 
     def _count_correction(self, x):
@@ -755,7 +761,7 @@ class Pool(keras.layers.Layer):
             counts = np.lib.stride_tricks.sliding_window_view(ones, (3, 3))[::self.stride, ::self.stride].sum(axis=(2, 3))
             return tf.constant((9.0 / counts)[None, :, :, None], dtype=x.dtype)
         ones = tf.ones_like(x[:1, :, :, :1])
-        counts = tf.nn.avg_pool2d(_pad(ones, 1), 3, self.stride, "VALID")
+        counts = tf.nn.avg_pool2d(pad_symmetric(ones, 1), 3, self.stride, "VALID")
         return 1.0 / counts
 
     def compute_output_shape(self, input_shape):
@@ -767,57 +773,31 @@ class Pool(keras.layers.Layer):
         return {**super().get_config(), "kind": self.kind, "stride": self.stride}
 
 
-def _skip(channels, stride, affine, **kw):
+def _skip(spec, channels, stride, affine, **kw):
     return Identity(**kw) if stride == 1 else FactorizedReduce(channels, affine=affine, **kw)
 
 
-# name -> factory(channels, stride, affine, **layer_kwargs) -> Layer
-OPERATIONS = {
-    "none": lambda C, stride, affine, **kw: Zero(stride, **kw),
-    "avg_pool_3x3": lambda C, stride, affine, **kw: Pool("avg", stride, **kw),
-    "max_pool_3x3": lambda C, stride, affine, **kw: Pool("max", stride, **kw),
-    "skip_connect": _skip,
-    "sep_conv_3x3": lambda C, stride, affine, **kw: SepConv(C, 3, stride, affine, **kw),
-    "sep_conv_5x5": lambda C, stride, affine, **kw: SepConv(C, 5, stride, affine, **kw),
-    "sep_conv_7x7": lambda C, stride, affine, **kw: SepConv(C, 7, stride, affine, **kw),
-    "dil_conv_3x3": lambda C, stride, affine, **kw: DilConv(C, 3, stride, 2, affine, **kw),
-    "dil_conv_5x5": lambda C, stride, affine, **kw: DilConv(C, 5, stride, 2, affine, **kw),
-    "conv_7x1_1x7": lambda C, stride, affine, **kw: Conv7x1_1x7(C, stride, affine, **kw),
+# One factory per family of tfnas.operations.OPERATIONS:
+# factory(spec, channels, stride, affine, **layer_kwargs) -> Layer
+LAYER_FACTORIES = {
+    "zero": lambda spec, C, stride, affine, **kw: Zero(stride, **kw),
+    "pool": lambda spec, C, stride, affine, **kw: Pool(spec.pool, stride, **kw),
+    "skip": _skip,
+    "sep_conv": lambda spec, C, stride, affine, **kw: SepConv(C, spec.kernel_size, stride, affine, **kw),
+    "dil_conv": lambda spec, C, stride, affine, **kw: DilConv(C, spec.kernel_size, stride, spec.dilation,
+                                                              affine, **kw),
+    "conv_7x1_1x7": lambda spec, C, stride, affine, **kw: Conv7x1_1x7(C, stride, affine, **kw),
 }
 
 
 def make_operation(name, channels, stride, affine=True, *, layer_name=None, **layer_kwargs):
-    """The layer for operation ``name`` with ``channels`` output channels
-    (= input channels) and ``stride`` 1 or 2.  ``layer_name`` becomes the
-    Keras layer's name; other ``layer_kwargs`` (e.g. ``dtype``) go to the layer."""
+    """The layer for operation ``name`` (a row of :data:`tfnas.operations.OPERATIONS`)
+    with ``channels`` output channels (= input channels) and ``stride`` 1 or 2.
+    ``layer_name`` becomes the Keras layer's name; other ``layer_kwargs``
+    (e.g. ``dtype``) go to the layer."""
+    spec = operation_spec(name)
     if layer_name is not None:
         layer_kwargs["name"] = layer_name
-    try:
-        factory = OPERATIONS[name]
-    except KeyError:
-        raise GenotypeError(f"unknown operation {name!r}; known: {', '.join(sorted(OPERATIONS))}") from None
     if stride not in (1, 2):
         raise ValueError(f"stride must be 1 or 2, got {stride!r}")
-    return factory(int(channels), int(stride), bool(affine), **layer_kwargs)
-
-
-def operation_parameter_count(name, channels, stride, affine=True) -> int:
-    """Trainable parameters of ``make_operation(name, channels, stride,
-    affine)`` without building it (tested against the built layers)."""
-    C = int(channels)
-    bn = 2 * C if affine else 0
-    if name not in OPERATIONS:
-        raise GenotypeError(f"unknown operation {name!r}; known: {', '.join(sorted(OPERATIONS))}")
-    if name in ("none", "avg_pool_3x3", "max_pool_3x3"):
-        return 0
-    if name == "skip_connect":
-        return 0 if stride == 1 else C * C + bn
-    if name.startswith("sep_conv_"):
-        k = int(name[-1])
-        return 2 * (k * k * C + C * C + bn)
-    if name.startswith("dil_conv_"):
-        k = int(name[-1])
-        return k * k * C + C * C + bn
-    if name == "conv_7x1_1x7":
-        return 2 * 7 * C * C + bn
-    raise AssertionError(name)  # every OPERATIONS entry is handled above
+    return LAYER_FACTORIES[spec.family](spec, int(channels), int(stride), bool(affine), **layer_kwargs)

@@ -262,7 +262,8 @@ def width_band(width: float, band: float = 0.5) -> float:
 def read_run(run_dir) -> dict:
     """``{name, genotype, width, depth, metrics}`` of a training run directory."""
     from tfnas import topology
-    from tfnas.genotypes import Genotype, resolve_genotype
+    from tfnas.genotypes import Genotype
+    from tfnas.resolve import resolve_genotype
 
     config_path = os.path.join(run_dir, "config.json")
     if not os.path.isfile(config_path):

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from tfnas.genotypes import DARTS_OPS, ENAS_OPS, KNOWN_OPS
+from tfnas.operations import DARTS_OPS, ENAS_OPS, KNOWN_OPS
 
 CONCAT_RULES = ("all", "loose_ends")
 

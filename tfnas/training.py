@@ -495,7 +495,7 @@ def train(config: TrainConfig, out_dir: str, *, resume: bool = False, export_dir
     ``CheckpointError``, ``ValueError``, :class:`TrainingDivergedError`.
     """
     from tfnas import runtime
-    from tfnas.genotypes import resolve_genotype
+    from tfnas.resolve import resolve_genotype
     from tfnas.rundir import RunDir, capture_python_rng, restore_python_rng
 
     run = RunDir(out_dir)

@@ -13,8 +13,9 @@
   published ``*_ADAPT`` genotypes) and :func:`deepest_rewiring` (a chain),
   operations kept.
 
-Variant names resolve like zoo names: ``get_genotype("DARTS_CONN3")``,
-``get_genotype("ENAS_OPS7")``, ``get_genotype("NASNet_WIDEST")``.
+Variant names resolve like zoo names (:func:`tfnas.resolve.get_genotype`):
+``get_genotype("DARTS_CONN3")``, ``get_genotype("ENAS_OPS7")``,
+``get_genotype("NASNet_WIDEST")``.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import re
 
 import numpy as np
 
-from tfnas.genotypes import DARTS_OPS_NO_NONE, Genotype, GenotypeError
+from tfnas.genotypes import DARTS_OPS_NO_NONE, Genotype, GenotypeError, zoo_genotype, zoo_names
 from tfnas import topology
 
 __all__ = [
@@ -161,8 +162,6 @@ def parse_variant_name(name: str):
 def named_variant(name: str) -> Genotype:
     """Resolve ``<ARCH>_CONN<k>``, ``<ARCH>_OPS<k>``, ``<ARCH>_WIDEST`` or
     ``<ARCH>_DEEPEST`` where ARCH is a zoo name (``DARTS`` = ``DARTS_V2``)."""
-    from tfnas.genotypes import get_genotype, zoo_names
-
     parsed = parse_variant_name(name)
     if parsed is None:
         raise GenotypeError(f"{name!r} is not a variant name (<ARCH>_CONN<k>, <ARCH>_OPS<k>, "
@@ -171,7 +170,7 @@ def named_variant(name: str) -> Genotype:
     if arch not in zoo_names(include_aliases=True):
         raise GenotypeError(f"variant {name!r}: unknown architecture {arch!r}; "
                             f"known: {', '.join(zoo_names(True))}")
-    base = get_genotype(arch)
+    base = zoo_genotype(arch)
     if kind == "widest":
         return widest_rewiring(base)
     if kind == "deepest":

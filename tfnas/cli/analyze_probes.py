@@ -126,7 +126,8 @@ def load_target(path: str, dataset_spec=None, data_dir=None) -> Target:
 
 def _load_run(path, dataset_spec, data_dir) -> Target:
     from tfnas import data as data_lib
-    from tfnas.genotypes import Genotype, resolve_genotype
+    from tfnas.genotypes import Genotype
+    from tfnas.resolve import resolve_genotype
     from tfnas.networks import NetworkCIFAR
     from tfnas.rundir import RunDir
 

@@ -12,7 +12,8 @@ import re
 
 from tfnas import topology
 from tfnas.cli.common import UsageError, parse_seed_range, print_json
-from tfnas.genotypes import Genotype, resolve_genotype, zoo_names
+from tfnas.genotypes import Genotype, zoo_names
+from tfnas.resolve import resolve_genotype
 
 PLOT_FORMATS = ("png", "svg", "pdf")
 

@@ -87,7 +87,7 @@ def build_parser() -> ArgumentParser:
 
 
 def _config_from_args(args):
-    from tfnas.genotypes import resolve_genotype
+    from tfnas.resolve import resolve_genotype
     from tfnas.training import TrainConfig, TrainingConfigError
     if not args.genotype:
         raise UsageError("--genotype is required (a zoo name such as DARTS_V2, a file, or the text)")

@@ -1,7 +1,8 @@
 """The DARTS search network ("supernet"): every edge a softmax-weighted mix
 of all operations of a :class:`~tfnas.space.CellSpace`.
 
-Follows the reference ``model_search.py``: a 3×3 conv stem with an affine BN
+Follows the reference ``model_search.py`` on tfnas's one network skeleton
+(:class:`tfnas.networks.CellNetwork`): a 3×3 conv stem with an affine BN
 (3C channels), ``layers`` search cells with reductions at ``layers//3`` and
 ``2*layers//3`` (doubling C), global average pooling and a linear classifier.
 Every BN inside the cells is non-affine; pools are followed by a non-affine
@@ -33,14 +34,12 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tfnas.networks import _dense
-from tfnas.ops import (BatchNorm, FactorizedReduce, Pool, ReLUConvBN, _conv_init, layers_of_type,
-                       make_operation)
+from tfnas.networks import CellNetwork
+from tfnas.ops import BatchNorm, FactorizedReduce, Pool, ReLUConvBN, layers_of_type, make_operation
+from tfnas.plan import cell_plan
 from tfnas.space import DARTS_SPACE, CellSpace
 
 _register = keras.saving.register_keras_serializable(package="tfnas")
-
-STEM_MULTIPLIER = 3
 
 
 def _space(space) -> CellSpace:
@@ -356,49 +355,50 @@ class SearchCell(keras.layers.Layer):
 
 
 @_register
-class SearchNetwork(keras.Model):
+class SearchNetwork(CellNetwork):
     """DARTS search network; ``model(x, training=...)`` returns logits.
 
-    ``bn_fused`` goes to every BN inside the cells (see
-    :class:`tfnas.ops.BatchNorm`): ``None`` picks the fused kernel in float32
-    (fast, first derivatives only), ``False`` the differentiable path that
-    second-order search with ``hessian="exact"`` needs.
+    ``bn_fused`` goes to every BN (see :class:`tfnas.ops.BatchNorm`):
+    ``None`` picks the fused kernel in float32 (fast, first derivatives
+    only), ``False`` the differentiable path that second-order search with
+    ``hessian="exact"`` needs.  The two alpha tables are drawn independently
+    (``alpha_seed`` and ``alpha_seed + 1`` when a seed is given).
     """
 
     def __init__(self, C=16, layers=8, num_classes=10, space=DARTS_SPACE, bn_fused=None,
                  alpha_seed=None, low_memory=False, **kwargs):
-        super().__init__(**kwargs)
+        if int(layers) < 1 or int(C) < 1:
+            raise ValueError("search network: C and layers must be positive")
         self.space = _space(space)
-        self.C, self.num_layers, self.num_classes = int(C), int(layers), int(num_classes)
         self.bn_fused = bn_fused
         self.low_memory = bool(low_memory)
         self.alpha_seed = alpha_seed
-        if self.num_layers < 1 or self.C < 1:
-            raise ValueError("search network: C and layers must be positive")
-        dt = self.dtype_policy
-        c_curr = STEM_MULTIPLIER * self.C
-        self.stem_conv = keras.layers.Conv2D(c_curr, 3, padding="same", use_bias=False,
-                                             kernel_initializer=_conv_init(), dtype=dt,
-                                             name="stem_conv")
-        self.stem_bn = BatchNorm(affine=True, fused=bn_fused, dtype=dt, name="stem_bn")
-        c_prev = c_curr
-        c_curr = self.C
-        reduction_prev = False
-        self.cells = []
-        for i in range(self.num_layers):
-            reduction = i in (self.num_layers // 3, 2 * self.num_layers // 3)
-            if reduction:
-                c_curr *= 2
-            self.cells.append(SearchCell(c_curr, reduction, reduction_prev, self.space,
-                                         bn_fused=bn_fused, low_memory=self.low_memory,
-                                         dtype=dt, name=f"cell_{i}"))
-            reduction_prev = reduction
-            c_prev = self.space.num_nodes * c_curr
-        self.classifier = _dense(self.num_classes, c_prev, dt, "classifier")
+        nodes = self.space.num_nodes
+        super().__init__(C, layers, num_classes, cell_plan(C, layers, lambda reduction: nodes),
+                         stem_bn_fused=bn_fused, **kwargs)
+        self.C = self.init_channels
         shape = (self.space.num_edges, len(self.space.operations))
-        init = keras.initializers.RandomNormal(stddev=1e-3, seed=alpha_seed)
-        self.alphas_normal = self.add_weight(shape=shape, initializer=init, name="alphas_normal")
-        self.alphas_reduce = self.add_weight(shape=shape, initializer=init, name="alphas_reduce")
+        seeds = (None, None) if alpha_seed is None else (int(alpha_seed), int(alpha_seed) + 1)
+        self.alphas_normal = self.add_weight(shape=shape, name="alphas_normal",
+                                             initializer=_alpha_initializer(seeds[0]))
+        self.alphas_reduce = self.add_weight(shape=shape, name="alphas_reduce",
+                                             initializer=_alpha_initializer(seeds[1]))
+
+    def make_cell(self, slot):
+        return SearchCell(slot.channels, slot.reduction, slot.reduction_prev, self.space,
+                          bn_fused=self.bn_fused, low_memory=self.low_memory,
+                          dtype=self.dtype_policy, name=f"cell_{slot.index}")
+
+    def build_cell(self, cell, s0_shape, s1_shape):
+        cell.build(s0_shape, s1_shape)
+        return cell.compute_output_shape(s0_shape, s1_shape)
+
+    def cell_context(self, training):
+        return {False: tf.nn.softmax(self.alphas_normal, axis=-1),
+                True: tf.nn.softmax(self.alphas_reduce, axis=-1)}
+
+    def call_cell(self, cell, s0, s1, training, context):
+        return cell(s0, s1, context[cell.reduction], training=training)
 
     @property
     def alpha_variables(self) -> list:
@@ -408,31 +408,6 @@ class SearchNetwork(keras.Model):
     def weight_variables(self) -> list:
         alpha_ids = {id(v) for v in self.alpha_variables}
         return [v for v in self.trainable_variables if id(v) not in alpha_ids]
-
-    def build(self, input_shape):
-        self.stem_conv.build(input_shape)
-        shape = self.stem_conv.compute_output_shape(input_shape)
-        self.stem_bn.build(shape)
-        s0 = s1 = shape
-        for cell in self.cells:
-            cell.build(s0, s1)
-            s0, s1 = s1, cell.compute_output_shape(s0, s1)
-        self.classifier.build((input_shape[0], s1[-1]))
-
-    def call(self, x, training=False):
-        s = self.stem_bn(self.stem_conv(x), training=training)
-        s0 = s1 = s
-        w_normal = tf.nn.softmax(self.alphas_normal, axis=-1)
-        w_reduce = tf.nn.softmax(self.alphas_reduce, axis=-1)
-        for cell in self.cells:
-            s0, s1 = s1, cell(s0, s1, w_reduce if cell.reduction else w_normal,
-                              training=training)
-        return self.classifier(tf.reduce_mean(s1, axis=[1, 2]))
-
-    def build_for(self, image_shape=(32, 32, 3)):
-        """Create every variable from shapes (no forward pass)."""
-        self.build((None, *image_shape))
-        return self
 
     def softmax_alphas(self) -> dict:
         """``{"normal": array, "reduce": array}`` of softmax(alpha) per edge."""
@@ -450,3 +425,8 @@ class SearchNetwork(keras.Model):
                 "num_classes": self.num_classes, "space": self.space.to_dict(),
                 "bn_fused": self.bn_fused, "alpha_seed": self.alpha_seed,
                 "low_memory": self.low_memory}
+
+
+def _alpha_initializer(seed):
+    # One initializer per table: a reused one draws the same values twice.
+    return keras.initializers.RandomNormal(stddev=1e-3, seed=seed)
