@@ -168,12 +168,13 @@ def test_saved_model_predictions_match_logged_accuracy(full_run):
     loaded = tf.saved_model.load(os.path.join(full_run["export"], "saved_model"))
     prep = json.load(open(os.path.join(full_run["export"], "preprocessing.json")))
     images, labels = data.open_dataset(f"folder:{full_run['data']}").arrays("test")
-    x = (images / 255.0 - np.array(prep["mean"])) / np.array(prep["std"])
-    logits = loaded.serve(tf.constant(x, tf.float32)).numpy()
+    logits = loaded.serve(tf.constant(images))["logits"].numpy()   # raw uint8: serve normalises
     accuracy = float(np.mean(np.argmax(logits, -1) == labels))
     assert accuracy == pytest.approx(full_run["summary"]["final"]["test_acc"], abs=1e-9)
-    signature = loaded.signatures["serving_default"]
-    out = list(signature(tf.constant(x[:4], tf.float32)).values())[0].numpy()
+    x = (images / 255.0 - np.array(prep["mean"])) / np.array(prep["std"])
+    normalized = loaded.serve_normalized(tf.constant(x, tf.float32))["logits"].numpy()
+    np.testing.assert_allclose(normalized, logits, rtol=1e-4, atol=1e-5)
+    out = loaded.signatures["serving_default"](images=tf.constant(images[:4]))["logits"].numpy()
     np.testing.assert_allclose(out, logits[:4], rtol=1e-4, atol=1e-5)
 
 

@@ -649,7 +649,8 @@ def train(config: TrainConfig, out_dir: str, *, resume: bool = False, export_dir
                "epochs": config.epochs, "final": final, **counts,
                "trace_counts": dict(trainer.trace_counts)}
     if final is not None and final["epoch"] >= config.epochs and is_chief and export_dir:
-        paths = export_model(model, genotype, config, info, export_dir)
+        from tfnas.export import export_model
+        paths = export_model(model, info, export_dir)
         summary.update(paths)
         _log(log, f"exported SavedModel to {paths['saved_model']} and {paths['keras_file']}")
     return summary
@@ -703,38 +704,3 @@ def _write_epoch_summaries(run, record, model, config, epoch) -> None:
             for var in model.trainable_variables:
                 tf.summary.histogram(f"weights/{var.path}", _tf_variable(var), step=epoch)
     writer.flush()
-
-
-def export_model(model, genotype, config, info, export_dir: str) -> dict:
-    """Export a SavedModel (``serve`` and ``serving_default`` signatures,
-    input float32 NHWC normalised images, output logits) and a ``.keras`` file.
-
-    The model is rebuilt outside any distribution strategy and given the
-    trained weights, so the export never contains distributed variables."""
-    import keras
-    import tensorflow as tf
-    from tfnas.networks import NetworkCIFAR
-
-    h, w, c = info.image_shape
-    clone = NetworkCIFAR(genotype, init_channels=config.init_channels, layers=config.layers,
-                         num_classes=info.num_classes, auxiliary=config.auxiliary, stem=config.stem)
-    clone.build((None, h, w, c))
-    for dst, src in zip(clone.weights, model.weights):
-        dst.assign(_read(src))
-    os.makedirs(export_dir, exist_ok=True)
-    saved = os.path.join(export_dir, "saved_model")
-    clone.export(saved, format="tf_saved_model",
-                 input_signature=[tf.TensorSpec((None, h, w, c), tf.float32, name="images")],
-                 verbose=False)
-    keras_file = os.path.join(export_dir, "model.keras")
-    clone.save(keras_file)
-    with open(os.path.join(export_dir, "preprocessing.json"), "w", encoding="utf-8") as fh:
-        json.dump({"mean": list(info.mean), "std": list(info.std), "image_shape": list(info.image_shape),
-                   "class_names": info.class_names, "input": "float32 NHWC, (pixel/255 - mean)/std",
-                   "output": "logits"}, fh, indent=2)
-    return {"saved_model": saved, "keras_file": keras_file}
-
-
-def _read(variable):
-    import numpy as np
-    return np.asarray(variable.numpy() if hasattr(variable, "numpy") else variable)

@@ -156,13 +156,14 @@ def _load_run(path, dataset_spec, data_dir) -> Target:
 def _load_saved_model(path) -> Target:
     import keras
     import tensorflow as tf
-    layer = keras.layers.TFSMLayer(path, call_endpoint="serve", trainable=True)
+    layer = keras.layers.TFSMLayer(path, call_endpoint="serve_normalized", trainable=True)
     loaded = tf.saved_model.load(path)
-    spec = loaded.signatures["serving_default"].structured_input_signature[1]
+    spec = loaded.signatures["serve_normalized"].structured_input_signature[1]
     shape = list(spec.values())[0].shape if isinstance(spec, dict) and spec else None
     if shape is None:
         raise UsageError(f"cannot tell the input shape of the SavedModel {path}")
-    model = keras.Sequential([keras.Input(tuple(shape[1:])), layer])
+    inputs = keras.Input(tuple(shape[1:]))
+    model = keras.Model(inputs, layer(inputs)["logits"])
     return Target(model, out_default=os.path.join(os.path.dirname(path) or ".", "probes"), saved_model=True)
 
 
