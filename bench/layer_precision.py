@@ -44,7 +44,7 @@ import tensorflow as tf  # noqa: E402
 
 configure_threads(1, 2)
 
-from tfnas import genotypes, ops  # noqa: E402
+from tfnas import ops  # noqa: E402
 from tfnas.resolve import get_genotype  # noqa: E402
 from tfnas.networks import NetworkCIFAR  # noqa: E402
 

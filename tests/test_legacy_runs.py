@@ -44,13 +44,20 @@ def test_legacy_training_run_resumes_to_the_logged_epoch(legacy_workdir):
 
 @pytest.mark.slow
 def test_legacy_search_run_resumes_to_the_logged_epoch(legacy_workdir):
-    from tfnas.search.loop import SearchSettings, run_darts_search
-    summary = run_darts_search(SearchSettings(epochs=2), "search-stopped", resume=True,
-                               log=io.StringIO())
+    from tfnas.search.driver import run_search
+    from tfnas.search.settings import SearchSettings
+    summary = run_search(SearchSettings(epochs=2), "search-stopped", resume=True, log=io.StringIO())
     expected = _records(os.path.join(LEGACY, "search-full.metrics.jsonl"))
     got = _records(legacy_workdir / "search-stopped" / "metrics.jsonl")
-    assert len(got) == 2
+    # Searches then counted epochs from 0; the resumed run's metrics count from 1.
+    assert [r["epoch"] for r in got] == [1, 2]
+    assert [r["epoch"] for r in expected] == [0, 1]
     for key in ("lr", "loss", "acc", "alpha_loss", "alpha_acc"):
         assert got[1][key] == pytest.approx(expected[1][key], rel=1e-5, abs=1e-6), key
     assert got[1]["genotype"] == expected[1]["genotype"]
     assert summary["genotype"] == expected[1]["genotype"]
+    # The config is migrated once: a second resume finds nothing to do.
+    config = json.loads((legacy_workdir / "search-stopped" / "config.json").read_text())
+    assert "method_config" in config and "darts" not in config
+    run_search(None, "search-stopped", resume=True, log=io.StringIO())
+    assert [r["epoch"] for r in _records(legacy_workdir / "search-stopped" / "metrics.jsonl")] == [1, 2]

@@ -9,8 +9,6 @@ suffix).  One style for all: :data:`STYLE`.
 
 from __future__ import annotations
 
-import json
-import math
 import os
 
 import matplotlib
@@ -262,27 +260,12 @@ def width_band(width: float, band: float = 0.5) -> float:
 def read_run(run_dir) -> dict:
     """``{name, genotype, width, depth, metrics}`` of a training run directory."""
     from tfnas import topology
-    from tfnas.genotypes import Genotype
-    from tfnas.resolve import resolve_genotype
+    from tfnas.config import TrainConfig
+    from tfnas.rundir import RunDir
 
-    config_path = os.path.join(run_dir, "config.json")
-    if not os.path.isfile(config_path):
-        raise FileNotFoundError(f"{config_path} not found (not a run directory?)")
-    with open(config_path, encoding="utf-8") as fh:
-        config = json.load(fh)
-    if config.get("genotype_resolved"):
-        genotype = Genotype.from_dict(config["genotype_resolved"])
-    else:
-        genotype = resolve_genotype(config["genotype"])
-    metrics = []
-    metrics_path = os.path.join(run_dir, "metrics.jsonl")
-    if os.path.isfile(metrics_path):
-        with open(metrics_path, encoding="utf-8") as fh:
-            for line in fh:
-                try:
-                    metrics.append(json.loads(line))
-                except json.JSONDecodeError:
-                    continue    # a torn last line
+    run = RunDir(run_dir, create=False)
+    genotype = TrainConfig.from_dict(run.read_config()).resolved_genotype()
+    metrics = run.read_metrics()
     cell = genotype.cell("normal")
     return {"name": genotype.name or os.path.basename(os.path.normpath(run_dir)),
             "run_dir": os.fspath(run_dir), "genotype": genotype,

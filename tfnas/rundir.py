@@ -50,6 +50,8 @@ import time
 
 import numpy as np
 
+from tfnas.files import atomic_write_text, fsync_dir, json_default
+
 __all__ = ["RunDir", "CheckpointError", "capture_python_rng", "restore_python_rng",
            "atomic_write_text"]
 
@@ -59,42 +61,6 @@ _PREFIX = "ckpt"
 
 class CheckpointError(ValueError):
     """A checkpoint that cannot be restored (corrupt, incomplete or mismatched)."""
-
-
-def _fsync_dir(path: str) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def atomic_write_text(path: str, text: str) -> None:
-    """Write ``text`` to ``path`` so readers see the old or the new file, never half."""
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(os.path.dirname(os.path.abspath(path)))
-
-
-def _json_default(obj):
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    if isinstance(obj, (set, frozenset, tuple)):
-        return list(obj)
-    if hasattr(obj, "to_dict"):
-        return obj.to_dict()
-    return str(obj)
 
 
 def capture_python_rng() -> dict:
@@ -161,7 +127,7 @@ class RunDir:
     # -- config and metrics ---------------------------------------------------
     def write_config(self, config: dict) -> None:
         atomic_write_text(self.config_path,
-                          json.dumps(config, indent=2, sort_keys=True, default=_json_default) + "\n")
+                          json.dumps(config, indent=2, sort_keys=True, default=json_default) + "\n")
 
     def read_config(self) -> dict:
         try:
@@ -174,7 +140,7 @@ class RunDir:
 
     def append_metrics(self, record: dict) -> None:
         """Append one JSON line and fsync it (it survives a crash right after)."""
-        line = json.dumps(record, default=_json_default, allow_nan=True)
+        line = json.dumps(record, default=json_default, allow_nan=True)
         with open(self.metrics_path, "a", encoding="utf-8") as fh:
             fh.write(line + "\n")
             fh.flush()
@@ -202,7 +168,7 @@ class RunDir:
         checkpoint being resumed."""
         records = [r for r in self.read_metrics() if key not in r or r[key] <= last]
         atomic_write_text(self.metrics_path,
-                          "".join(json.dumps(r, default=_json_default) + "\n" for r in records))
+                          "".join(json.dumps(r, default=json_default) + "\n" for r in records))
 
     # -- TensorBoard ------------------------------------------------------------
     def tensorboard_writer(self, name: str = ""):
@@ -263,15 +229,15 @@ class RunDir:
             state = dict(state, saved_at=time.strftime("%Y-%m-%dT%H:%M:%S"),
                          trackables=sorted(trackables), variables=manifest)
             with open(os.path.join(tmp, _STATE_FILE), "w", encoding="utf-8") as fh:
-                json.dump(state, fh, indent=2, default=_json_default)
+                json.dump(state, fh, indent=2, default=json_default)
             for entry in os.listdir(tmp):
                 with open(os.path.join(tmp, entry), "rb") as fh:
                     os.fsync(fh.fileno())
-            _fsync_dir(tmp)
+            fsync_dir(tmp)
             if os.path.exists(final):   # re-saving the same step: replace it
                 shutil.rmtree(final)
             os.rename(tmp, final)
-            _fsync_dir(self.checkpoint_dir)
+            fsync_dir(self.checkpoint_dir)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
@@ -431,9 +397,9 @@ def _assert_given_restored(status) -> None:
 
 
 def _canonical(value):
-    return json.dumps(value, sort_keys=True, default=_json_default)
+    return json.dumps(value, sort_keys=True, default=json_default)
 
 
 def _short(value, limit: int = 80) -> str:
-    text = json.dumps(value, default=_json_default) if not isinstance(value, str) else value
+    text = json.dumps(value, default=json_default) if not isinstance(value, str) else value
     return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -11,13 +11,13 @@ for a run directory, also as TensorBoard summaries under ``tb/probes``.
 
 from __future__ import annotations
 
-import json
-import math
 import os
 import sys
 import time
 
 from tfnas.cli.common import UsageError, print_json
+from tfnas.files import atomic_write_json
+from tfnas.progress import Progress
 
 LOSS_NAME = "sparse categorical cross-entropy (from logits)"
 
@@ -98,73 +98,22 @@ def _common(p, bn_mode=True) -> None:
 # ------------------------------------------------------------- loading
 
 class Target:
-    """A loaded model with where it came from."""
+    """A loaded model with where it came from and where its probes go."""
 
-    def __init__(self, model, run_dir=None, config=None, out_default=None, saved_model=False):
-        self.model, self.run_dir, self.config = model, run_dir, config or {}
-        self.out_default, self.saved_model = out_default, saved_model
-
-
-def load_target(path: str, dataset_spec=None, data_dir=None) -> Target:
-    path = os.path.normpath(os.path.expanduser(path))
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"no such run directory or model file: {path}")
-    import tfnas.networks  # noqa: F401  (registers the tfnas layers for loading)
-    if os.path.isdir(path) and os.path.isfile(os.path.join(path, "config.json")):
-        return _load_run(path, dataset_spec, data_dir)
-    if os.path.isfile(path) and path.endswith(".keras"):
-        import keras
-        try:
-            model = keras.saving.load_model(path, compile=False)
-        except Exception as err:  # noqa: BLE001 - Keras raises many types for bad files
-            raise UsageError(f"cannot load {path}: {str(err).splitlines()[0] if str(err) else type(err).__name__}")
-        return Target(model, out_default=os.path.join(os.path.dirname(path) or ".", "probes"))
-    if os.path.isdir(path) and os.path.isfile(os.path.join(path, "saved_model.pb")):
-        return _load_saved_model(path)
-    raise UsageError(f"{path} is not a run directory (config.json), a .keras file or a SavedModel directory")
+    def __init__(self, loaded):
+        self.model, self.run_dir, self.config = loaded.model, loaded.run_dir, loaded.config
+        self.saved_model = loaded.saved_model
+        base = loaded.run_dir or os.path.dirname(loaded.path) or "."
+        self.out_default = os.path.join(base, "probes")
 
 
-def _load_run(path, dataset_spec, data_dir) -> Target:
-    from tfnas import data as data_lib
-    from tfnas.genotypes import Genotype
-    from tfnas.resolve import resolve_genotype
-    from tfnas.networks import NetworkCIFAR
-    from tfnas.rundir import RunDir
-
-    run = RunDir(path, create=False)
-    config = run.read_config()
-    checkpoint = run.latest_checkpoint()
-    if checkpoint is None:
-        files = sorted((os.path.join(root, f) for root, _, names in os.walk(path)
-                        for f in names if f.endswith(".keras")), key=os.path.getmtime)
-        if not files:
-            raise UsageError(f"run directory {path} has no checkpoint and no .keras file yet")
-        target = load_target(files[-1])
-        return Target(target.model, run_dir=path, config=config, out_default=os.path.join(path, "probes"))
-    genotype = Genotype.from_dict(config["genotype_resolved"]) if config.get("genotype_resolved") \
-        else resolve_genotype(config["genotype"])
-    info = data_lib.dataset_info(config.get("dataset", "cifar10"), config.get("data_dir"))
-    model = NetworkCIFAR(genotype, init_channels=config.get("init_channels", 36), layers=config.get("layers", 20),
-                         num_classes=info.num_classes, auxiliary=config.get("auxiliary", False),
-                         stem=config.get("stem", "cifar"))
-    model.build((None,) + tuple(info.image_shape))
-    # The model only: a probe does not need the optimizer state.
-    run.restore_checkpoint({"model": model}, path=checkpoint, partial=True)
-    return Target(model, run_dir=path, config=config, out_default=os.path.join(path, "probes"))
-
-
-def _load_saved_model(path) -> Target:
-    import keras
-    import tensorflow as tf
-    layer = keras.layers.TFSMLayer(path, call_endpoint="serve_normalized", trainable=True)
-    loaded = tf.saved_model.load(path)
-    spec = loaded.signatures["serve_normalized"].structured_input_signature[1]
-    shape = list(spec.values())[0].shape if isinstance(spec, dict) and spec else None
-    if shape is None:
-        raise UsageError(f"cannot tell the input shape of the SavedModel {path}")
-    inputs = keras.Input(tuple(shape[1:]))
-    model = keras.Model(inputs, layer(inputs)["logits"])
-    return Target(model, out_default=os.path.join(os.path.dirname(path) or ".", "probes"), saved_model=True)
+def load_target(path: str) -> Target:
+    """The model at ``path`` (:func:`tfnas.loading.load_trained_model`)."""
+    from tfnas.loading import ModelLoadError, load_trained_model
+    try:
+        return Target(load_trained_model(path))
+    except ModelLoadError as err:
+        raise UsageError(str(err)) from None
 
 
 def load_data(args, target: Target):
@@ -191,7 +140,7 @@ def load_data(args, target: Target):
 
 def _prepare(args):
     import tensorflow as tf  # noqa: F401
-    target = load_target(args.target, args.dataset, args.data_dir)
+    target = load_target(args.target)
     if target.saved_model and getattr(args, "bn_mode", "inference") == "training":
         raise UsageError("a SavedModel can only be probed in inference mode; use the .keras file or run directory")
     model = target.model
@@ -220,19 +169,9 @@ def _probe_errors():
 
 
 def _write_json(out, name, result) -> str:
-    from tfnas.rundir import atomic_write_text
     path = os.path.join(out, f"{name}.json")
-    atomic_write_text(path, json.dumps(result, indent=2, default=_plain) + "\n")
+    atomic_write_json(path, result)
     return path
-
-
-def _plain(obj):
-    import numpy as np
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    raise TypeError(type(obj).__name__)
 
 
 def _report(args, result, lines):
@@ -381,29 +320,17 @@ def run_gradvar(args) -> int:
 
 # ----------------------------------------------------------- landscape
 
-class _Progress:
-    """``landscape 37/121 points (31%) 12 s, ETA 20 s`` on stderr."""
+def _landscape_progress():
+    """``progress(done, total)`` for the landscape grid: a live line on a
+    terminal, a line every 10 s elsewhere."""
+    display = Progress(sys.stderr, "landscape", log_interval=10.0, slow_start=None)
 
-    def __init__(self, stream=None):
-        stream = stream or sys.stderr
-        self.stream, self.t0, self.start, self.last = stream, time.time(), None, -1.0
-        self.tty = hasattr(stream, "isatty") and stream.isatty()
-
-    def __call__(self, done, total):
-        now = time.time()
-        if self.start is None:
-            self.start = (done, now)
-        finished = done == total
-        if not finished and now - self.last < (0.5 if self.tty else 10.0):
-            return
-        self.last = now
-        rate_points = done - self.start[0]
-        eta = f"{(now - self.start[1]) / rate_points * (total - done):.0f} s" if rate_points else "?"
-        text = f"landscape {done}/{total} points ({100 * done / total:.0f}%) {now - self.t0:.0f} s, ETA {eta}"
-        if self.tty:
-            print("\r" + text + (" " * 8) + ("\n" if finished else ""), end="", file=self.stream, flush=True)
-        else:
-            print(text, file=self.stream, flush=True)
+    def progress(done, total):
+        display.total = total
+        display.update(done, "points")
+        if done == total:
+            display.finish()
+    return progress
 
 
 def run_landscape(args) -> int:
@@ -446,7 +373,7 @@ def run_landscape(args) -> int:
                 directions.extend(v * scale for v in vectors)
             while len(directions) < args.dims:
                 directions.append(random_direction(model, None, rng, args.normalization, ignore))
-        progress = _Progress()
+        progress = _landscape_progress()
         land = loss_landscape(model, _loss(), batches, directions=directions,
                               num_points=args.points, span=tuple(args.range), seed=args.seed,
                               normalization=args.normalization, ignore=ignore,

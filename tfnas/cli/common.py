@@ -8,9 +8,10 @@ mean "the user gave something wrong" to :class:`UsageError`.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from typing import Callable, Sequence
+
+from tfnas.files import to_json
 
 
 class UsageError(Exception):
@@ -81,19 +82,7 @@ def flags_set(parser: argparse.ArgumentParser, args: argparse.Namespace,
 
 
 def print_json(obj) -> None:
-    print(json.dumps(obj, indent=2, default=_json_default))
-
-
-def _json_default(obj):
-    try:
-        import numpy as np
-        if isinstance(obj, np.generic):
-            return obj.item()
-        if isinstance(obj, np.ndarray):
-            return obj.tolist()
-    except ImportError:  # pragma: no cover
-        pass
-    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+    print(to_json(obj, indent=2))
 
 
 def parse_seed_range(text: str) -> list:

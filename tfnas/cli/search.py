@@ -1,4 +1,4 @@
-"""``search.py``: architecture search (DARTS; ENAS later), resumably.
+"""``search.py``: architecture search, resumably (one driver, one module per method).
 
 Examples::
 
@@ -16,8 +16,9 @@ import sys
 import time
 
 from tfnas.cli.common import ArgumentParser, UsageError, flags_set, print_json, run_cli
+from tfnas.search.settings import METHODS, SearchSettings, SearchSettingsError
 
-# flag -> setting (SearchSettings field or DartsConfig field), with its type and help
+# flag -> setting (SearchSettings field or a method-config field), with its type and help
 _OVERRIDES = {
     "epochs": (int, "search epochs"),
     "batch_size": (int, "batch size of each half (weights and alphas)"),
@@ -41,21 +42,21 @@ def build_parser() -> ArgumentParser:
         description="Search a cell with DARTS (first or second order) and write the derived "
                     "genotype every epoch. Search accuracy is not final accuracy: re-train the "
                     "result from scratch with train.py --genotype <run>/genotype.json.")
-    p.add_argument("--method", choices=("darts", "enas"), default="darts",
-                   help="search method (enas: not implemented yet)")
+    p.add_argument("--method", choices=sorted(METHODS), default="darts",
+                   help="search method (default darts)")
     p.add_argument("--order", type=int, choices=(1, 2), default=None,
                    help="1: first-order DARTS; 2: unrolled (second-order) alpha gradient")
     p.add_argument("--hessian", choices=("fd", "exact"), default=None,
-                   help="second order: fd (reference finite differences, default) or exact "
-                        "(differentiate through the virtual step; slow to compile: 15 min or more on a "
-                        "2-core CPU, peaking at 8.7 GB for the small preset and 13.7 GB at C=16, 8 layers)")
+                   help="second order: fd (the reference's finite differences, default) or exact "
+                        "(differentiate through the virtual step; its first step compiles for many "
+                        "minutes and needs several times fd's memory, so use fd on a CPU; "
+                        "docs/benchmarks.md)")
     p.add_argument("--low-memory", action="store_true", default=None,
                    help="run each cell's edges in loops over stacked per-edge variables and "
-                        "recompute activations in the backward pass: the same supernet in less "
-                        "memory (C=16, 8 layers, batch 16: ~2.4 instead of 4.0 GB first order, "
-                        "~2.7 instead of 6.6 GB second order; the PyTorch reference: 2.6 and 3.2 GB) "
-                        "but slower (~1.3x first order, ~1.5x second order); not with --hessian "
-                        "exact")
+                        "recompute activations in the backward pass: the same supernet in much less "
+                        "memory but slower per step; use it when the default form does not fit in "
+                        "memory or for a bigger batch (--resume continues in the form the run "
+                        "started with); not with --hessian exact; figures in docs/benchmarks.md")
     p.add_argument("--preset", choices=("paper", "small"), default=None,
                    help="paper (50 epochs, batch 64, C=16, 8 layers) or small (minutes on a "
                         "2-core CPU: C=8, 5 layers, 3 epochs of 10 batch pairs of 32); default small")
@@ -87,7 +88,6 @@ def build_parser() -> ArgumentParser:
 
 
 def _settings_from_args(args):
-    from tfnas.search.loop import SearchSettings
     overrides = {name: getattr(args, name) for name in _OVERRIDES}
     overrides.update(order=args.order, hessian=args.hessian, space=args.space,
                      dataset=args.dataset, data_dir=args.data_dir, seed=args.seed,
@@ -107,31 +107,25 @@ def _settings_from_args(args):
     if args.hessian and args.order != 2:
         raise UsageError("--hessian applies to --order 2 only")
     try:
-        return SearchSettings.from_preset(args.preset or "small", **overrides)
-    except ValueError as err:
+        return SearchSettings.from_preset(args.preset or "small", method=args.method, **overrides)
+    except SearchSettingsError as err:
         raise UsageError(str(err)) from None
 
 
 def _dry_run(settings):
-    from tfnas.search.loop import build_search_network
+    from tfnas.data import DatasetInfo
+    from tfnas.search.driver import build_method
     t0 = time.time()
-    model = build_search_network(settings, num_classes=10, image_shape=(32, 32, 3))
-    space = settings.cell_space
-    return {"weights": model.count_weights(), "alphas": model.count_alphas(),
-            "alpha_shape": list(model.alphas_normal.shape), "init_channels": settings.init_channels,
-            "layers": settings.layers, "num_classes": 10, "space": space.to_dict(),
-            "order": settings.darts["order"], "hessian": settings.darts["hessian"],
-            "low_memory": settings.low_memory, "weight_tensors": len(model.weight_variables),
+    info = DatasetInfo("dry-run", 10, (32, 32, 3), {}, (0.5,) * 3, (0.25,) * 3)
+    method = build_method(settings, info)
+    return {"method": settings.method, **method.sizes(), "init_channels": settings.init_channels,
+            "layers": settings.layers, "num_classes": 10, "space": settings.cell_space.to_dict(),
             "build_seconds": round(time.time() - t0, 1)}
 
 
 def _main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.method == "enas":
-        raise UsageError("--method enas is not implemented yet (ENAS search is a later issue); "
-                         "use --method darts, or --method darts --space enas to search the "
-                         "ENAS cell space with DARTS")
     if args.cpu_devices is not None:
         if args.cpu_devices < 1:
             raise UsageError("--cpu-devices must be >= 1")
@@ -153,9 +147,9 @@ def _main(argv=None):
         if ignored:
             raise UsageError(f"--resume continues the search as configured in its config.json; "
                              f"drop {', '.join(ignored)} (only --epochs may change)")
-        from tfnas.search.loop import run_darts_search, SearchSettings
-        settings = SearchSettings(epochs=args.epochs or 0) if args.epochs else None
-        summary = run_darts_search(settings, args.out, resume=True, log=log)
+        from tfnas.search.driver import run_search
+        settings = SearchSettings(epochs=args.epochs) if args.epochs else None
+        summary = run_search(settings, args.out, resume=True, log=log)
     else:
         settings = _settings_from_args(args)
         if args.dry_run:
@@ -163,12 +157,14 @@ def _main(argv=None):
             if args.json:
                 print_json(result)
             else:
-                print(f"search network: {result['weights']:,} weights + {result['alphas']} alphas "
-                      f"(C={settings.init_channels}, {settings.layers} layers, {settings.space} space)")
+                sizes = ", ".join(f"{k} {v:,}" for k, v in result.items()
+                                  if isinstance(v, int) and not isinstance(v, bool))
+                print(f"{settings.method} search network ({settings.space} space): {sizes}")
             return 0
-        from tfnas.search.loop import run_darts_search
-        out = args.out or os.path.join("runs", f"search-darts-{time.strftime('%Y%m%d-%H%M%S')}")
-        summary = run_darts_search(settings, out, resume=False, log=log)
+        from tfnas.search.driver import run_search
+        out = args.out or os.path.join(
+            "runs", f"search-{settings.method}-{time.strftime('%Y%m%d-%H%M%S')}")
+        summary = run_search(settings, out, resume=False, log=log)
     if args.json:
         print_json(summary)
     else:

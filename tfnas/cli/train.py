@@ -43,7 +43,7 @@ _HELP = {
 
 
 def build_parser() -> ArgumentParser:
-    from tfnas.training import PRESETS, STRATEGIES
+    from tfnas.config import PRESETS, STRATEGIES
     p = ArgumentParser(
         prog="train.py",
         description="Train a cell genotype from scratch (DARTS NetworkCIFAR) with the reference "
@@ -88,7 +88,7 @@ def build_parser() -> ArgumentParser:
 
 def _config_from_args(args):
     from tfnas.resolve import resolve_genotype
-    from tfnas.training import TrainConfig, TrainingConfigError
+    from tfnas.config import TrainConfig, TrainingConfigError
     if not args.genotype:
         raise UsageError("--genotype is required (a zoo name such as DARTS_V2, a file, or the text)")
     genotype = resolve_genotype(args.genotype)
@@ -126,7 +126,8 @@ def _main(argv=None):
             split_cpu(args.cpu_devices)
         except RuntimeError as err:  # TF already initialised (only when called in-process)
             raise UsageError(f"--cpu-devices must be set before TensorFlow starts: {err}") from None
-    from tfnas.training import TrainConfig, TrainingConfigError, TrainingDivergedError, train
+    from tfnas.config import TrainConfig, TrainingConfigError
+    from tfnas.training import TrainingDivergedError, train
 
     if args.resume:
         if not args.out:

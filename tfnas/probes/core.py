@@ -24,7 +24,7 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
-from tfnas.ops import deterministic_second_derivatives
+from tfnas.ops import deterministic_second_derivatives, tf_variable
 
 HVP_MODES = ("forward_over_back", "back_over_back")
 
@@ -105,12 +105,6 @@ def resolve_variables(model, variables=None) -> list:
     if not dtypes.pop().is_floating:
         raise ProbeError("probed variables must be floating point")
     return chosen
-
-
-def _tf_variable(v):
-    """The underlying ``tf.Variable`` of a Keras 3 variable (ForwardAccumulator
-    and assignment inside graphs want the real resource variable)."""
-    return getattr(v, "value", v) if not isinstance(v, tf.Variable) else v
 
 
 def loss_in_dtype(loss_fn, dtype):
@@ -200,7 +194,7 @@ class ModelLoss:
     def _batch_loss(self, x, y):
         if x.dtype.is_floating and x.dtype != self.dtype:
             x = tf.cast(x, self.dtype)
-        saved = [tf.identity(_tf_variable(v).read_value()) for v in self._state]
+        saved = [tf.identity(tf_variable(v).read_value()) for v in self._state]
         y_pred = self.model(x, training=self.training)
         if isinstance(y_pred, (tuple, list)):  # e.g. (logits, aux_logits): probe the main output
             y_pred = y_pred[0]
@@ -212,7 +206,7 @@ class ModelLoss:
             # control dependencies order these writes after the model's own.
             with tf.control_dependencies([loss]):
                 for v, value in zip(self._state, saved):
-                    _tf_variable(v).assign(value)
+                    tf_variable(v).assign(value)
         return tf.cast(loss, self.dtype)
 
     def _evaluate_graph(self, x, y):
@@ -249,7 +243,7 @@ class ModelLoss:
         return tf.concat([tf.reshape(t, [-1]) for t in tensors], axis=0)
 
     def _gradient_graph(self, x, y):
-        primals = [_tf_variable(v) for v in self.variables]
+        primals = [tf_variable(v) for v in self.variables]
         with tf.GradientTape() as tape:
             tape.watch(primals)
             loss = self._batch_loss(x, y)
@@ -257,7 +251,7 @@ class ModelLoss:
         return loss, self._concat(grads)
 
     def _hvp_graph(self, x, y, flat_vector):
-        primals = [_tf_variable(v) for v in self.variables]
+        primals = [tf_variable(v) for v in self.variables]
         tangents = self._split(flat_vector)
         zero = tf.UnconnectedGradients.ZERO
         if self.hvp_mode == "forward_over_back":

@@ -46,7 +46,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import tensorflow as tf
 
-from tfnas.probes.core import ModelLoss, ProbeError, as_batches, resolve_variables, _tf_variable
+from tfnas.files import atomic_write
+from tfnas.ops import tf_variable
+from tfnas.probes.core import ModelLoss, ProbeError, as_batches, resolve_variables
 from tfnas.probes.gradvar import gradient_variance
 
 NORMALIZATIONS = ("filter", "layer", "none")
@@ -212,12 +214,8 @@ def _as_flat_directions(model_loss, directions) -> list:
 
 
 def _save_atomic(path, arrays: dict, meta: dict):
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "wb") as handle:
+    with atomic_write(path, "wb") as handle:
         np.savez(handle, meta=np.array(json.dumps(meta)), **arrays)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
 
 
 def load_landscape(path) -> tuple:
@@ -301,7 +299,7 @@ def loss_landscape(model, loss_fn, data, directions=None, dims: int = 2, num_poi
     base = [tf.Variable(t, dtype=dtype, trainable=False) for t in theta]
     dir_vars = [[tf.Variable(p, dtype=dtype, trainable=False) for p in loss.unflatten(d)]
                 for d in flat_dirs]
-    targets = [_tf_variable(v) for v in loss.variables]
+    targets = [tf_variable(v) for v in loss.variables]
 
     @tf.function(input_signature=[tf.TensorSpec([dims], dtype)])
     def move_to(step):

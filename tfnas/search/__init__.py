@@ -1,11 +1,13 @@
-"""DARTS search: supernet layers, the bilevel optimisation, derivation, the run loop.
+"""Architecture search: one driver, one module per method.
 
-- :mod:`tfnas.search.supernet`: ``MixedOp``, ``SearchCell``, ``SearchNetwork``
-- :mod:`tfnas.search.darts`: ``DartsConfig``, ``BilevelSearch`` (first order,
-  second order with finite-difference or exact hypergradient), ``ReferenceAdam``
-- :mod:`tfnas.search.derive`: ``derive_genotype`` (the DARTS rule)
-- :mod:`tfnas.search.loop`: ``SearchSettings``, ``PRESETS``, ``run_darts_search``
+- :mod:`tfnas.search.settings`: ``SearchSettings``, the method configs
+  (``DartsConfig``, ...), presets, the ``METHODS`` registry (no TensorFlow)
+- :mod:`tfnas.search.base`: ``SearchMethod``, the seam a method implements
+- :mod:`tfnas.search.driver`: ``run_search``, the generic driver
+- :mod:`tfnas.search.darts`: DARTS (``DartsSearch``, ``BilevelSearch``,
+  ``ReferenceAdam``) on :mod:`tfnas.search.supernet` and
+  :mod:`tfnas.search.derive`
 
-Submodules import TensorFlow; this package does not, so ``search.py`` can
-split the CPU into logical devices first.
+Only ``settings`` is free of TensorFlow; this package's ``__init__`` imports
+nothing, so ``search.py`` can split the CPU into logical devices first.
 """

@@ -33,61 +33,22 @@ without it the alpha step also computes the loops' filter gradients).
 
 from __future__ import annotations
 
-import math
-from dataclasses import asdict, dataclass, fields
+import io
 
 import keras
+import numpy as np
 import tensorflow as tf
 
-# One place for the reference SGD semantics, the cosine schedule and the clip.
+from tfnas.metrics import MeanMetrics, batch_sums
 from tfnas.ops import batch_statistics_frozen, deterministic_second_derivatives
+from tfnas.search.base import SearchMethod
+from tfnas.search.derive import derive_genotype
+from tfnas.search.settings import HESSIAN_MODES, DartsConfig  # noqa: F401
+from tfnas.search.supernet import SearchNetwork
+# One place for the reference SGD semantics, the cosine schedule and the clip.
 from tfnas.training import ReferenceSGD, clip_by_global_norm_like_torch, cosine_learning_rate
 
-HESSIAN_MODES = ("fd", "exact")
-
-
-@dataclass(frozen=True)
-class DartsConfig:
-    """Optimisation settings of the DARTS search (the reference values)."""
-
-    order: int = 1
-    hessian: str = "fd"              # second order: "fd" (reference) or "exact"
-    learning_rate: float = 0.025     # weights: SGD, cosine to learning_rate_min
-    learning_rate_min: float = 0.001
-    momentum: float = 0.9
-    weight_decay: float = 3e-4
-    grad_clip: float = 5.0
-    arch_learning_rate: float = 3e-4  # alphas: Adam
-    arch_beta_1: float = 0.5
-    arch_beta_2: float = 0.999
-    arch_epsilon: float = 1e-8
-    arch_weight_decay: float = 1e-3
-    fd_radius: float = 0.01           # ε = fd_radius / ‖v‖
-
-    def __post_init__(self):
-        if self.order not in (1, 2):
-            raise ValueError(f"order must be 1 or 2, not {self.order!r}")
-        if self.hessian not in HESSIAN_MODES:
-            raise ValueError(f"hessian must be one of {HESSIAN_MODES}, not {self.hessian!r}")
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data) -> "DartsConfig":
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in names})
-
-
-def check_second_derivatives(low_memory: bool) -> None:
-    """Refuse the exact hypergradient for a low-memory network (the one check
-    the settings, the CLI and :class:`BilevelSearch` share): recomputed
-    activations give first derivatives only."""
-    if low_memory:
-        raise ValueError("the exact hypergradient (hessian exact) needs second derivatives, which "
-                         "a low-memory search network (recomputed activations) does not give: "
-                         "use hessian fd")
-
+check_second_derivatives = DartsConfig.check_second_derivatives
 
 def _as_dtype(value, dtype):
     # tf.cast of a Python float goes through float32; convert directly instead.
@@ -353,23 +314,20 @@ class BilevelSearch:
 
     def _eval_impl(self, x, y):
         def replica(x, y):
-            logits = self.model(x, training=False)
-            return self._loss_acc(logits, y)
-        return self._run_mean(replica, x, y)
+            return batch_sums(y, self.model(x, training=False))
+        sums = self.strategy.run(replica, args=(x, y))
+        return self.strategy.reduce(tf.distribute.ReduceOp.SUM, sums, axis=None)
 
     def evaluate(self, dataset):
-        """Mean loss and accuracy in inference mode over the batches of
-        ``dataset`` (any iterable of batches, e.g. a ``BatchStream`` pass)."""
+        """Loss and accuracy in inference mode over the batches of
+        ``dataset`` (any iterable of batches, e.g. a ``BatchStream`` pass),
+        example-weighted (:class:`tfnas.metrics.MeanMetrics`)."""
         if self._eval_fn is None:
             self._eval_fn = tf.function(self._eval_impl, autograph=False)
-        total_loss = total_acc = 0.0
-        n = 0
+        metrics = MeanMetrics()
         for x, y in dataset:
-            loss, acc = self._eval_fn(x, y)
-            total_loss += float(loss)
-            total_acc += float(acc)
-            n += 1
-        return {"loss": total_loss / max(n, 1), "acc": total_acc / max(n, 1)}
+            metrics.add(self._eval_fn(x, y))
+        return metrics.result()
 
     def set_epoch(self, epoch: int, epochs: int) -> float:
         """Set the cosine learning rate of this epoch (no retracing)."""
@@ -377,3 +335,126 @@ class BilevelSearch:
                                   self.config.learning_rate_min)
         self.learning_rate.assign(lr)
         return lr
+
+
+# --------------------------------------------------------------- the method
+
+def build_search_network(settings, num_classes: int, image_shape) -> SearchNetwork:
+    """The (built) supernet of DARTS ``settings``: second order with the
+    exact hypergradient uses the differentiable BN path, ``low_memory`` the
+    loop-and-recompute form."""
+    cfg = settings.config
+    bn_fused = False if (cfg.order == 2 and cfg.hessian == "exact") else None
+    model = SearchNetwork(settings.init_channels, settings.layers, num_classes,
+                          space=settings.cell_space, bn_fused=bn_fused, low_memory=cfg.low_memory)
+    return model.build_for(tuple(image_shape))
+
+
+def alpha_heatmap_png(weights, operations, title) -> bytes:
+    """softmax(alpha) of one cell type as a heat map (edges x operations), PNG."""
+    import matplotlib
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+    fig = Figure(figsize=(1.2 + 0.55 * len(operations), 1.0 + 0.28 * len(weights)))
+    ax = fig.add_subplot(1, 1, 1)
+    im = ax.imshow(weights, cmap="viridis", aspect="auto")
+    ax.set_xticks(range(len(operations)), operations, rotation=45, ha="right", fontsize=7)
+    ax.set_yticks(range(len(weights)), [f"edge {i}" for i in range(len(weights))], fontsize=6)
+    ax.set_title(title, fontsize=8)
+    fig.colorbar(im, ax=ax)
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=90, facecolor="white")
+    return buffer.getvalue()
+
+
+class DartsSearch(SearchMethod):
+    """DARTS (Liu et al., ICLR 2019) on the search-method seam: the supernet's
+    weights train on one half of the training split, its alphas on the
+    other; one alpha step per weight step (:class:`BilevelSearch`); the
+    genotype is derived from the alphas by the DARTS rule."""
+
+    data_splits = ("train_a", "train_b")
+
+    def __init__(self, settings, info, strategy):
+        super().__init__(settings, info, strategy)
+        self.model = build_search_network(settings, info.num_classes, info.image_shape)
+        self.search = BilevelSearch(self.model, self.config, strategy=strategy)
+
+    def trackables(self) -> dict:
+        return self.search.trackables()
+
+    def describe(self) -> str:
+        cfg, s = self.config, self.settings
+        form = f"order {cfg.order}" + (f", {cfg.hessian}" if cfg.order == 2 else "") \
+            + (", low memory" if cfg.low_memory else "")
+        return (f"DARTS search ({form}): C={s.init_channels}, {s.layers} layers, "
+                f"{self.model.count_weights():,} weights + {self.model.count_alphas()} alphas")
+
+    def open_streams(self, data) -> None:
+        s = self.settings
+        # Both halves cut to the same count per epoch (the reference zips them).
+        steps = min(data.batches_per_epoch(split) for split in self.data_splits)
+        if s.steps_per_epoch:
+            steps = min(steps, s.steps_per_epoch)
+        if steps == 0:
+            raise ValueError(f"dataset {s.dataset} gives no batch of {s.batch_size}")
+        self.steps_per_epoch = steps
+        self.weights_stream = data.stream("train_a", steps, seed_offset=0)
+        self.alphas_stream = data.stream("train_b", steps, seed_offset=1)
+        # A fixed shuffled order (epoch 0), repeated: folder datasets are stored
+        # class by class, so the first batches of an unshuffled split would be one class.
+        eval_batches = data.batches_per_epoch("train_b", drop_remainder=False)
+        if s.eval_batches:
+            eval_batches = min(eval_batches, s.eval_batches)
+        self.eval_stream = data.stream("train_b", eval_batches, seed_offset=2, fixed_epoch=0,
+                                       augment=False)
+
+    def run_epoch(self, epoch: int, progress) -> dict:
+        lr = self.search.set_epoch(epoch, self.settings.epochs)
+        if progress is not None:
+            progress.total = self.steps_per_epoch
+        sums, steps = {}, 0
+        for train_batch, val_batch in zip(self.weights_stream.next_pass(), self.alphas_stream.next_pass()):
+            metrics = self.search.search_step(train_batch, val_batch)
+            for key, value in metrics.items():
+                sums[key] = sums.get(key, 0.0) + float(value)
+            steps += 1
+            if progress is not None and progress.wants_update():
+                progress.update(steps, f"loss {sums['loss'] / steps:.3f} "
+                                       f"alpha-split loss {sums['alpha_loss'] / steps:.3f}")
+        evaluation = self.search.evaluate(self.eval_stream.next_pass())
+        # Batches are equal-sized (drop_remainder), so the mean over steps is example-weighted.
+        return {"lr": lr, "steps": steps, **{k: v / steps for k, v in sums.items()},
+                "eval_alpha_loss": evaluation["loss"], "eval_alpha_acc": evaluation["acc"]}
+
+    def derive(self):
+        return derive_genotype(self.model.alphas_normal.numpy(), self.model.alphas_reduce.numpy(),
+                               self.space)
+
+    def epoch_extras(self) -> dict:
+        softmaxed = self.model.softmax_alphas()
+        return {"alphas": {k: np.round(v, 6).tolist() for k, v in softmaxed.items()},
+                "alphas_raw": {"normal": self.model.alphas_normal.numpy().tolist(),
+                               "reduce": self.model.alphas_reduce.numpy().tolist()}}
+
+    def epoch_line(self, r: dict) -> str:
+        return (f"lr {r['lr']:.4f}  train loss {r['loss']:.3f} acc {100 * r['acc']:.1f}%  "
+                f"alpha-split loss {r['alpha_loss']:.3f} acc {100 * r['alpha_acc']:.1f}% "
+                f"(eval {100 * r['eval_alpha_acc']:.1f}%)")
+
+    def write_summaries(self, record: dict, step: int) -> None:
+        for kind, weights in record["alphas"].items():
+            png = alpha_heatmap_png(np.asarray(weights), self.space.operations,
+                                    f"softmax(alpha) {kind}, epoch {step}")
+            tf.summary.image(f"alphas_{kind}", tf.image.decode_png(png, channels=3)[None])
+
+    def sizes(self) -> dict:
+        return {"weights": self.model.count_weights(), "alphas": self.model.count_alphas(),
+                "alpha_shape": list(self.model.alphas_normal.shape),
+                "weight_tensors": len(self.model.weight_variables),
+                "order": self.config.order, "hessian": self.config.hessian,
+                "low_memory": self.config.low_memory}
+
+
+METHOD = DartsSearch
