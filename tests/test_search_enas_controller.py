@@ -14,10 +14,24 @@ from scipy import stats
 from tfnas.genotypes import Genotype, get_genotype
 from tfnas.rundir import RunDir
 from tfnas.search.enas_controller import (
-    DARTS_SAMPLING_SPACE, ENAS_MICRO_OPS, ENAS_MICRO_SPACE, SAMPLING_SPACES, ArchitectureError,
-    EnasController, Reinforce, ReinforceConfig, UniformSampler, arch_to_genotype,
-    decision_sizes, genotype_to_arch, learned_op_bias_init, max_probability,
-    normal_cell_op_bias, reference_loose_ends, validate_arch)
+    DARTS_SAMPLING_SPACE,
+    ENAS_MICRO_OPS,
+    ENAS_MICRO_SPACE,
+    SAMPLING_SPACES,
+    ArchitectureError,
+    EnasController,
+    Reinforce,
+    ReinforceConfig,
+    UniformSampler,
+    arch_to_genotype,
+    decision_sizes,
+    genotype_to_arch,
+    learned_op_bias_init,
+    max_probability,
+    normal_cell_op_bias,
+    reference_loose_ends,
+    validate_arch,
+)
 from tfnas.space import CellSpace
 
 TINY = CellSpace(ENAS_MICRO_OPS, 2, "loose_ends")
@@ -225,6 +239,7 @@ def test_uniform_sampler():
             # 16 tests; each at 1e-4 (family-wise < 2e-3)
             assert stats.chisquare(counts).pvalue > 1e-4
     lp, ent, probs = sampler.evaluate(archs[:3])
+    np.testing.assert_allclose(ent, want, rtol=1e-6)
     np.testing.assert_allclose(probs.numpy()[0, 0, 4, :3], [1 / 3] * 3)
     np.testing.assert_allclose(lp, -want, rtol=1e-6)
     arch, lp, _ = sampler.sample()
@@ -344,6 +359,9 @@ def test_one_update_matches_the_reference_formulas():
     assert stats_["loss"] == pytest.approx(np.mean(-log_prob.numpy() * adv), rel=1e-4, abs=1e-7)
     assert stats_["reward"] == pytest.approx(reward.mean(), rel=1e-6)
     assert stats_["entropy"] == pytest.approx(entropy.numpy().mean(), rel=1e-6)
+    adam = trainer.optimizer
+    assert (adam.beta_1, adam.beta_2, adam.epsilon, adam.amsgrad) == (0.0, 0.999, 1e-3, False)
+    assert adam.global_clipnorm is None and adam.clipnorm is None and adam.weight_decay is None
     # First Adam step with beta_1 = 0: m = g, v = (1 - beta_2) g^2, and
     # delta = -lr * sqrt(1 - beta_2) * g / (sqrt(v) + eps).
     for old, new, grad in zip(before, controller.trainable_variables, grads):
@@ -362,7 +380,7 @@ def _share(controller, positions_value):
 def test_reinforce_learns_an_operation():
     """Without the reference's conv biases and with sharper operation logits
     (tanh constant 2.5), REINFORCE with the reference optimiser puts >= 90% of
-    the edges on max_pool within 250 updates (measured: about 100)."""
+    the edges on max_pool within 250 updates (about 70 with seeds 3, 7, 8)."""
     controller = EnasController(TINY, tanh_constant=2.5, op_tanh_reduce=1.0,
                                 op_bias_init=[0.0] * 5, normal_op_bias=[0.0] * 5, seed=3)
     trainer = Reinforce(controller)
@@ -382,7 +400,7 @@ def test_reinforce_learns_an_operation():
 @pytest.mark.slow
 def test_reinforce_learns_an_input():
     """With tanh constant 2.5 (reference otherwise), >= 90% of the inputs
-    become node 1 within 250 updates (measured: about 100); Python rewards."""
+    become node 1 within 250 updates (about 90 with seeds 3, 7, 8); Python rewards."""
     controller = EnasController(TINY, tanh_constant=2.5, seed=3)
     trainer = Reinforce(controller)
     inputs = slice(0, None, 2)

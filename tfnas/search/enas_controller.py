@@ -10,10 +10,11 @@ facts in ``ENAS.md``): a one-layer LSTM of ``lstm_size`` units without bias
 samples, per cell and per node, two inputs (by attention over the earlier
 nodes' anchors), then two operations, then takes one more step whose output
 is the node's anchor; the reduction cell continues from the normal cell's
-final LSTM state.  The LSTM kernel acts on ``[x, h]`` and its gates are in
-the order input, forget, output, candidate (the reference's order; no bias,
-so no forget bias either).  All parameters are initialised U(-0.1, 0.1)
-except the learned operation bias.
+final LSTM state.  The LSTM kernel acts on ``[x, h]``; its gates are in
+the order input, forget, output, candidate (ENAS.md does not fix an order;
+with a symmetric initialisation and no bias -- so no forget bias -- it only
+names the kernel's column blocks).  All parameters are initialised
+U(-0.1, 0.1) except the learned operation bias.
 
 Operation biases generalise the reference's per-index values by name: an
 operation is a convolution when its name contains ``conv`` (separable and
@@ -33,9 +34,9 @@ both):
   input of a node with k choices reaches at most ``max_probability(k, 1.10)``
   (0.90 for k = 2, 0.64 for k = 6), an operation of five about 0.38;
 - the learned bias 10 saturates the tanh of the convolutions' logits: in
-  float32 ``tanh(10 + h.w)`` is exactly 1, its gradient exactly 0, so the
-  convolutions' logits (and their ``w_soft`` columns and bias) never move
-  from ``+1.10 / 2.5``.  The controller can lower the other operations or
+  float32 ``tanh(10 + h.w)`` is exactly 1 (for ``h.w > -1``), its gradient
+  exactly 0, so the convolutions' logits (and their ``w_soft`` columns and
+  bias) never move from ``+1.10 / 2.5``.  The controller can lower the other operations or
   raise them to a tie, never above a convolution, and never prefers one
   convolution over another.  ``op_bias_init`` / ``normal_op_bias`` /
   ``tanh_constant`` change this (not the reference).
@@ -94,11 +95,13 @@ def resolve_sampling_space(space) -> CellSpace:
         return space
     if isinstance(space, str):
         if space not in SAMPLING_SPACES:
-            raise ValueError(f"unknown sampling space {space!r}; known: {', '.join(SAMPLING_SPACES)}")
+            raise ValueError(f"unknown sampling space {space!r}; "
+                             f"known: {', '.join(SAMPLING_SPACES)}")
         return SAMPLING_SPACES[space]
     if isinstance(space, dict):
         return CellSpace.from_dict(space)
-    raise ValueError(f"a sampling space is a CellSpace, a name or a dict, not {type(space).__name__}")
+    raise ValueError(f"a sampling space is a CellSpace, a name or a dict, "
+                     f"not {type(space).__name__}")
 
 
 def is_convolution(op: str) -> bool:
@@ -125,11 +128,10 @@ def decision_sizes(space: CellSpace) -> tuple:
     return tuple(size for node in range(2, 2 + space.num_nodes) for size in (node, k, node, k))
 
 
-def max_probability(choices: int, tanh_constant: float, bias_gap: float = 0.0) -> float:
+def max_probability(choices: int, tanh_constant: float) -> float:
     """The largest probability one of ``choices`` options can reach when every
-    logit is ``tanh_constant * tanh(.)`` (plus a fixed bias ``bias_gap``
-    higher for the favoured option than for the others)."""
-    top = math.exp(tanh_constant + bias_gap)
+    logit is ``tanh_constant * tanh(.)``."""
+    top = math.exp(tanh_constant)
     return top / (top + (choices - 1) * math.exp(-tanh_constant))
 
 
@@ -197,7 +199,7 @@ def reference_loose_ends(cell_row) -> tuple:
     row (``[input_1, op_1, input_2, op_2]`` per node) uses: the nodes the
     reference's cell concatenates."""
     row = np.asarray(cell_row)
-    used = set(int(v) for v in row[0::2])
+    used = {int(v) for v in row[0::2]}
     return tuple(n for n in range(2 + len(row) // 4) if n not in used)
 
 
@@ -219,7 +221,8 @@ def _as_batch(arch):
     if arch.shape.rank == 2:
         return arch[tf.newaxis], True
     if arch.shape.rank != 3:
-        raise ArchitectureError(f"an architecture has rank 2 (or 3 for a batch), not {arch.shape.rank}")
+        raise ArchitectureError(f"an architecture has rank 2 (or 3 for a batch), "
+                                f"not {arch.shape.rank}")
     return arch, False
 
 
@@ -259,14 +262,19 @@ class EnasController(keras.Model):
 
     ``space``: a :class:`CellSpace`, ``"enas"`` or ``"darts"``.
     ``tanh_constant``: input logits are ``tanh_constant * tanh(.)``, operation
-    logits ``tanh_constant / op_tanh_reduce * tanh(.)``; ``None`` leaves the
-    logits unbounded (the reference's setting when it is unset).
+    logits ``tanh_constant / op_tanh_reduce * tanh(.)``; ``None``: no tanh,
+    unbounded logits (the reference's code path when its constant is unset).
+    ``op_bias_init`` / ``normal_op_bias``: one value per operation, default
+    :func:`learned_op_bias_init` / :func:`normal_cell_op_bias`.
     ``seed``: seeds the initial weights and the sampling stream (``rng``, a
-    ``tf.random.Generator``: checkpoint it with the model).
+    ``tf.random.Generator``, not among the Keras variables: checkpoint it
+    next to the model, see :meth:`Reinforce.trackables`).
 
-    :meth:`sample` / :meth:`sample_many` draw architectures (each traced once
-    per batch size); :meth:`evaluate` gives the log-probability, entropy and
-    per-decision distributions of given architectures (differentiable).
+    :meth:`sample` / :meth:`sample_many` draw architectures (one trace for
+    every batch size); :meth:`evaluate` / :meth:`rollout` give the
+    log-probability, entropy and per-decision distributions of given
+    architectures (differentiable; valid architectures only, see
+    :func:`validate_arch`).
     """
 
     def __init__(self, space="enas", lstm_size=64, tanh_constant=1.10, op_tanh_reduce=2.5,
@@ -335,7 +343,7 @@ class EnasController(keras.Model):
         rollout = self.rollout(arch)
         return rollout.log_prob, rollout.entropy, rollout.probabilities
 
-    def rollout(self, arch) -> "Rollout":
+    def rollout(self, arch) -> Rollout:
         """The controller's pass over given architectures (2, 4N) or (B, 2, 4N):
         a :class:`Rollout` (``lstm_steps`` counts the LSTM steps run per
         architecture)."""
@@ -544,7 +552,7 @@ class ReinforceConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data) -> "ReinforceConfig":
+    def from_dict(cls, data) -> ReinforceConfig:
         names = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in names})
 
@@ -557,8 +565,8 @@ class Reinforce:
     (2, 4N); returns a number or a scalar tensor), and per sample, in order:
     ``R = reward + entropy_weight * entropy``; the baseline moves
     ``b <- b - (1 - decay) * (b - R)``; the advantage is ``R - b`` with the
-    *updated* b (ENAS.md does not fix the order; the reference's graph
-    updates b before it forms the loss).  The loss is the mean of
+    *updated* b (ENAS.md does not fix the order; the reference's code moves
+    b before it forms the loss, and so does this class).  The loss is the mean of
     ``-log p(arch) * advantage``, i.e. the gradients of the samples are
     averaged, and one Adam step (Keras Adam has the reference's
     epsilon-outside-the-bias-correction form) is taken.  No clipping, no L2.
