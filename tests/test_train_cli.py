@@ -246,7 +246,6 @@ def test_streams_follow_the_strategy_passed_in(tiny_data, tmp_path, monkeypatch)
     cannot form a cluster) every epoch gets its own pipeline instead of the
     long-lived streams."""
     import tensorflow as tf
-    from tfnas import data as data_lib
     from tfnas import training
     streams = []
     original = training.Trainer.stream
@@ -263,7 +262,7 @@ def test_streams_follow_the_strategy_passed_in(tiny_data, tmp_path, monkeypatch)
     assert run("plain")["final"]["epoch"] == 1
     assert len(streams) == 2   # train + test, each one iterator for the run
     streams.clear()
-    monkeypatch.setattr(data_lib, "is_multiworker", lambda strategy: True)
+    monkeypatch.setattr(training, "is_multiworker", lambda strategy: True)
     assert run("multiworker")["final"]["epoch"] == 1
     assert streams == []
 

@@ -85,7 +85,9 @@ class AuxiliaryHeadCIFAR(keras.layers.Layer):
 class CellNetwork(keras.Model):
     """The skeleton (see the module docstring).  Subclasses implement
     :meth:`make_cell`, :meth:`build_cell` and :meth:`call_cell`, and may
-    override :meth:`make_auxiliary_head` and :meth:`classify`.
+    override :meth:`make_auxiliary_head`, :meth:`make_classifier`,
+    :meth:`classify`, and :meth:`advance` / :meth:`advance_shapes` (which
+    tensors the next cell reads; the ENAS child's reduction cells differ).
 
     Layers are created in the order stem, cells, auxiliary head, classifier
     (checkpoints list variables in that order)."""
@@ -153,7 +155,7 @@ class CellNetwork(keras.Model):
         self.stem_bn.build(shape)
         s0 = s1 = shape
         for i, cell in enumerate(self.cells):
-            s0, s1 = s1, self.build_cell(cell, s0, s1)
+            s0, s1 = self.advance_shapes(cell, s0, s1)
             if i == self.plan.aux_index and self.auxiliary_head is not None:
                 self.auxiliary_head.build(s1)
         self.classifier.build((input_shape[0], s1[-1]))
@@ -169,16 +171,27 @@ class CellNetwork(keras.Model):
             x = pad_symmetric(x, 1)
         return self.stem_bn(self.stem_conv(x), training=training)
 
-    def features(self, x, training, with_aux=False):
+    def advance(self, cell, s0, s1, training, context):
+        """The next cell's two inputs after running ``cell``: by default the
+        cell's input ``s1`` and its output."""
+        return s1, self.call_cell(cell, s0, s1, training, context)
+
+    def advance_shapes(self, cell, s0_shape, s1_shape):
+        """:meth:`advance` on shapes, building ``cell``."""
+        return s1_shape, self.build_cell(cell, s0_shape, s1_shape)
+
+    def features(self, x, training, with_aux=False, context=None):
         """The last cell's output and the auxiliary logits (None unless asked
-        for, in training, with a head)."""
+        for, in training, with a head).  ``context``: what the cells share
+        in this call (default :meth:`cell_context`)."""
         if not self.built:
             self.build(tuple(x.shape))
-        context = self.cell_context(training)
+        if context is None:
+            context = self.cell_context(training)
         s0 = s1 = self.stem(x, training)
         aux = None
         for i, cell in enumerate(self.cells):
-            s0, s1 = s1, self.call_cell(cell, s0, s1, training, context)
+            s0, s1 = self.advance(cell, s0, s1, training, context)
             if i == self.plan.aux_index and with_aux and training and self.auxiliary_head is not None:
                 aux = self.auxiliary_head(s1, training=training)
         return s1, aux

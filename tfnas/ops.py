@@ -28,7 +28,7 @@ __all__ = [
     "Zero", "Identity", "Conv7x1_1x7", "max_pool_3x3", "OPERATIONS", "LAYER_FACTORIES", "make_operation",
     "set_batch_norm_fused", "layers_of_type", "batch_norm_layers", "batch_statistics_frozen",
     "deterministic_second_derivatives", "operation_parameter_count", "conv_initializer",
-    "pad_symmetric", "tf_variable",
+    "pad_symmetric", "tf_variable", "depthwise_conv2d",
 ]
 
 _register = keras.saving.register_keras_serializable(package="tfnas")
@@ -365,15 +365,24 @@ class DepthwiseConv2D(keras.layers.DepthwiseConv2D):
     def call(self, inputs):
         if not self._fast_filter_gradient(inputs):
             return super().call(inputs)
-        kernel = tf.cast(self.kernel, inputs.dtype)
-        padding = self.padding.upper()
-        if tuple(self.dilation_rate) == (1, 1):
-            return _depthwise_conv_fast_filter_gradient(inputs, kernel, padding)
-        # as tf.nn.depthwise_conv2d computes a dilated convolution
-        return tf.nn.with_space_to_batch(
-            inputs, self.dilation_rate, padding,
-            lambda x, _, padding: _depthwise_conv_fast_filter_gradient(x, kernel, padding),
-            filter_shape=self.kernel_size)
+        return depthwise_conv2d(inputs, tf.cast(self.kernel, inputs.dtype), self.dilation_rate[0],
+                                self.padding.upper())
+
+
+def depthwise_conv2d(x, kernel, dilation: int = 1, padding: str = "SAME"):
+    """A stride-1 depthwise convolution (channel multiplier 1, kernel
+    ``(k, k, C, 1)``), with :class:`DepthwiseConv2D`'s faster filter gradient
+    for 5×5 and larger kernels in float32/float64 (TensorFlow's own kernel
+    otherwise)."""
+    if kernel.shape[0] < 5 or x.dtype not in (tf.float32, tf.float64):
+        return tf.nn.depthwise_conv2d(x, kernel, [1, 1, 1, 1], padding, dilations=[dilation, dilation])
+    if dilation == 1:
+        return _depthwise_conv_fast_filter_gradient(x, kernel, padding)
+    # as tf.nn.depthwise_conv2d computes a dilated convolution
+    return tf.nn.with_space_to_batch(
+        x, [dilation, dilation], padding,
+        lambda x, _, padding: _depthwise_conv_fast_filter_gradient(x, kernel, padding),
+        filter_shape=kernel.shape[:2])
 
 
 def _subsample_2(x, offset=0):

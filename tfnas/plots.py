@@ -17,6 +17,12 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from tfnas import topology
+from tfnas.config import TrainConfig
+from tfnas.resolve import get_genotype
+from tfnas.rundir import RunDir
+from tfnas.search.settings import SearchSettings
+
 PNG_DPI = 150
 STYLE = {
     "font.size": 9,
@@ -259,9 +265,6 @@ def width_band(width: float, band: float = 0.5) -> float:
 
 def read_run(run_dir) -> dict:
     """``{name, genotype, width, depth, metrics}`` of a training run directory."""
-    from tfnas import topology
-    from tfnas.config import TrainConfig
-    from tfnas.rundir import RunDir
 
     run = RunDir(run_dir, create=False)
     genotype = TrainConfig.from_dict(run.read_config()).resolved_genotype()
@@ -308,4 +311,73 @@ def plot_training_curves(run_dirs, path=None, metric: str = "test_loss", band: f
     ax.legend(frameon=False, title="normal cell", title_fontsize=8)
     if title:
         ax.set_title(title)
+    return _finish(fig, path)
+
+
+# ------------------------------------------------------------ search topology drift
+
+PUBLISHED_CELLS = ("NASNet", "AmoebaNet", "ENAS", "DARTS_V2", "SNAS_MILD")
+
+
+def read_search_run(run_dir) -> dict:
+    """``{name, method, records}`` of a search run directory (``search.py``)."""
+    run = RunDir(run_dir, create=False)
+    settings = SearchSettings.from_dict(run.read_config())
+    records = [r for r in run.read_metrics() if "normal_width" in r]
+    name = os.path.basename(os.path.normpath(run_dir))
+    return {"name": name, "method": settings.method, "records": records}
+
+
+def _published_levels(cell: str, quantity: str) -> dict:
+    return {name: (topology.cell_width if quantity == "width" else topology.cell_depth)(
+        get_genotype(name).cell(cell)) for name in PUBLISHED_CELLS}
+
+
+def _mark_published(ax, levels: dict) -> None:
+    """Dashed grey lines at the published cells' values, labelled at the right."""
+    by_value = {}
+    for name, value in levels.items():
+        by_value.setdefault(value, []).append(name)
+    for value, names in by_value.items():
+        ax.axhline(value, color="0.55", linestyle="--", linewidth=0.8, zorder=0)
+        ax.annotate(", ".join(names), (1.0, value), xycoords=("axes fraction", "data"),
+                    xytext=(3, 0), textcoords="offset points", va="center", fontsize=7, color="0.35")
+
+
+@_styled
+def plot_topology_drift(run_dirs, path=None, cell: str = "normal", title=None) -> Figure:
+    """Width and depth of a search's cells over its epochs, for one or more
+    search runs (DARTS, ENAS, random): the derived cell of every epoch
+    (solid), and for methods that sample architectures the mean ± one
+    standard deviation of the architectures the child trained on (band);
+    the published cells' values dashed."""
+    runs = [read_search_run(d) for d in run_dirs]
+    runs = [r for r in runs if r["records"]]
+    if not runs:
+        raise PlotError("no search run has epochs with a derived genotype in its metrics.jsonl")
+    fig = _figure(8.6, 3.6)
+    axes = fig.subplots(1, 2)
+    colors = matplotlib.colormaps["tab10"]
+    for i, run in enumerate(runs):
+        epochs = np.asarray([r["epoch"] for r in run["records"]])
+        label = f"{run['method']}: {run['name']}"
+        for ax, quantity in zip(axes, ("width", "depth")):
+            derived = [r[f"{cell}_{quantity}"] for r in run["records"]]
+            ax.plot(epochs, derived, color=colors(i), marker="o", markersize=3,
+                    label=f"{label} (derived)")
+            key = f"sampled_{cell}_{quantity}"
+            if all(f"{key}_mean" in r for r in run["records"]):
+                mean = np.asarray([r[f"{key}_mean"] for r in run["records"]])
+                std = np.asarray([r[f"{key}_std"] for r in run["records"]])
+                ax.fill_between(epochs, mean - std, mean + std, color=colors(i), alpha=0.18, linewidth=0)
+                ax.plot(epochs, mean, color=colors(i), linestyle=":", label=f"{label} (sampled, mean ± sd)")
+    for ax, quantity in zip(axes, ("width", "depth")):
+        _mark_published(ax, _published_levels(cell, quantity))
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(f"{cell} cell {quantity}" + (" (units of c)" if quantity == "width" else " (edges)"))
+        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+    axes[1].yaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncols=min(2, len(labels)), frameon=False)
+    fig.suptitle(title or f"Topology drift of the search: {cell} cell width and depth per epoch")
     return _finish(fig, path)

@@ -1,7 +1,7 @@
 """One progress display for long work (epochs, probes, studies).
 
 On a terminal, :class:`Progress` redraws one line (at most every
-``interval`` seconds): ``label [=====>    ] 37/121 (31%) <text> 12 s, ETA 20 s``.
+``interval`` seconds): ``label [=====>    ] 37/121 <text> (31%) 12 s ETA 20 s``.
 Elsewhere (a log file, a pipe) it prints a plain line every
 ``log_interval`` seconds, or never when that is ``None``.  The first update
 after a slow start (a traced step) says how long the start took, since the
@@ -63,11 +63,13 @@ class Progress:
             filled = int(frac * self.width)
             if self.tty:
                 parts.append("[" + "=" * filled + ">" + " " * (self.width - filled) + "]")
-            parts.append(f"{done}/{self.total} ({100 * frac:.0f}%)")
+            parts.append(f"{done}/{self.total}")
         else:
             parts.append(str(done))
         if text:
             parts.append(text)
+        if self.total:
+            parts.append(f"({100 * frac:.0f}%)")
         parts.append(f"{now - self.t0:.0f} s")
         start_done, start_time = self._first
         if self.total and done > start_done:

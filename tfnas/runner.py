@@ -128,14 +128,16 @@ class RunDriver:
         configured count); returns every record of the run."""
         end = self.epochs if end is None else min(end, self.epochs)
         for epoch in range(start, end):
-            self._one_epoch(task, epoch)
+            self._one_epoch(task, epoch, first=epoch == start)
         self.run.close()
         return self.history
 
-    def _one_epoch(self, task, epoch: int) -> None:
+    def _one_epoch(self, task, epoch: int, first: bool) -> None:
         t0 = time.time()
+        # Only the run's first epoch traces its steps: say how long that took.
+        slow_start = getattr(task, "slow_start", 20.0) if first else None
         progress = Progress(self.log, f"epoch {epoch + 1}/{self.epochs}",
-                            slow_start=getattr(task, "slow_start", 20.0)) if self.log else None
+                            slow_start=slow_start) if self.log else None
         try:
             record = task.run_epoch(epoch, progress)
             bad = _non_finite_losses(record)

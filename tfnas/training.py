@@ -107,14 +107,18 @@ def make_strategy(name: str = "default"):
 class ReferenceSGD:
     """PyTorch SGD with momentum and L2 weight decay in the gradient.
 
-    ``buf = μ·buf + (g + λ·w); w -= lr·buf``.  Create it (``build``) inside
+    ``buf = μ·buf + (g + λ·w); w -= lr·buf``; with ``nesterov``,
+    ``w -= lr·((g + λ·w) + μ·buf)`` (TensorFlow 1's Nesterov momentum, which
+    ENAS's reference uses).  Create it (``build``) inside
     the strategy scope before the first step: the momentum buffers are then
     mirrored like the weights.  :meth:`apply` is called in replica context
     with gradients already summed over replicas; the update is applied once
     per variable through ``strategy.extended.update``.
     """
 
-    def __init__(self, learning_rate: float, momentum: float = 0.9, weight_decay: float = 3e-4):
+    def __init__(self, learning_rate: float, momentum: float = 0.9, weight_decay: float = 3e-4,
+                 nesterov: bool = False):
+        self.nesterov = bool(nesterov)
         self.momentum = float(momentum)
         self.weight_decay = float(weight_decay)
         self.learning_rate = tf.Variable(float(learning_rate), trainable=False, dtype=tf.float32,
@@ -144,7 +148,7 @@ class ReferenceSGD:
         if self.buffers is None:
             raise RuntimeError("ReferenceSGD.build(variables) must run in the strategy scope first")
         variables = [tf_variable(v) for v in variables]
-        momentum, decay = self.momentum, self.weight_decay
+        momentum, decay, nesterov = self.momentum, self.weight_decay, self.nesterov
 
         def update(var, grad, buf, lr):
             # One fused kernel (buf = μ·buf + g'; w -= lr·buf) instead of ~10
@@ -152,7 +156,8 @@ class ReferenceSGD:
             # graph size is trace time and memory.
             return tf.raw_ops.ResourceApplyMomentum(
                 var=var.handle, accum=buf.handle, lr=tf.cast(lr, var.dtype),
-                grad=grad + decay * var, momentum=tf.constant(momentum, var.dtype))
+                grad=grad + decay * var, momentum=tf.constant(momentum, var.dtype),
+                use_nesterov=nesterov)
 
         def merge(strategy, grads, lr):
             for var, grad, buf in zip(variables, grads, self.buffers):

@@ -15,6 +15,7 @@ from tfnas.cli.common import ArgumentParser, run_cli
 SUBCOMMAND_MODULES = (
     "tfnas.cli.analyze_topology",   # topology, variants
     "tfnas.cli.analyze_probes",     # hessian, gradvar, landscape
+    "tfnas.cli.analyze_drift",      # drift
 )
 
 

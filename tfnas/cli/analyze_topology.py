@@ -1,7 +1,8 @@
 """``analyze.py topology`` and ``analyze.py variants``.
 
-Neither command imports TensorFlow (``topology --params`` does, to count the
-evaluation network's parameters), so both answer in well under a second.
+Neither command imports TensorFlow (``topology --params`` counts the
+evaluation network's parameters from its plan), so both answer in well
+under a second.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import re
 from tfnas import topology
 from tfnas.cli.common import UsageError, parse_seed_range, print_json
 from tfnas.genotypes import Genotype, zoo_names
+from tfnas.plan import parameter_counts
 from tfnas.resolve import resolve_genotype
 
 PLOT_FORMATS = ("png", "svg", "pdf")
@@ -115,7 +117,7 @@ def _register_topology(subparsers) -> None:
     p.add_argument("--params", action="store_true",
                    help="add params / params_auxiliary: trainable parameters of the evaluation "
                         "network (NetworkCIFAR, --init-channels, --layers, --num-classes) "
-                        "without / of the auxiliary head (imports TensorFlow; slower)")
+                        "without / of the auxiliary head")
     p.add_argument("--init-channels", type=int, default=36, metavar="C",
                    help="initial channels for --params (default: %(default)s)")
     p.add_argument("--layers", type=int, default=20,
@@ -127,11 +129,8 @@ def _register_topology(subparsers) -> None:
 
 def parameter_columns(genotype: Genotype, init_channels: int = 36, layers: int = 20,
                       num_classes: int = 10) -> dict:
-    """``{"params", "params_auxiliary"}`` of the evaluation network (imports
-    TensorFlow through :mod:`tfnas.networks`)."""
-    from tfnas.runtime import quiet_tensorflow
-    quiet_tensorflow()
-    from tfnas.networks import parameter_counts
+    """``{"params", "params_auxiliary"}`` of the evaluation network, counted
+    from its plan (no TensorFlow)."""
     return parameter_counts(genotype, init_channels=init_channels, layers=layers,
                             num_classes=num_classes)
 

@@ -11,6 +11,8 @@ Examples::
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
 import os
 import sys
 import time
@@ -31,14 +33,37 @@ _OVERRIDES = {
     "momentum": (float, "weights: SGD momentum"),
     "weight_decay": (float, "weights: L2 weight decay in the gradient"),
     "grad_clip": (float, "weights: global gradient-norm clip"),
-    "arch_learning_rate": (float, "alphas: Adam learning rate"),
-    "arch_weight_decay": (float, "alphas: L2 weight decay in the gradient"),
+    "arch_learning_rate": (float, "darts, alphas: Adam learning rate"),
+    "arch_weight_decay": (float, "darts, alphas: L2 weight decay in the gradient"),
+    "validation": (float, "enas/random: validation split carved from train for rewards and "
+                          "derivation, a count or a fraction (default 0.1)"),
+    "l2_reg": (float, "enas/random: L2 coefficient of sum(w^2) over the child's weights"),
+    "dropout": (float, "enas/random: dropout before the child's classifier"),
+    "derive_samples": (int, "enas/random: architectures sampled and scored to derive each "
+                            "epoch's genotype"),
+    "controller_updates": (int, "enas: controller updates per epoch"),
+    "samples_per_update": (int, "enas: architectures averaged per controller update"),
+    "controller_learning_rate": (float, "enas: controller Adam learning rate"),
+    "entropy_weight": (float, "enas: entropy bonus of the reward"),
 }
+_METHOD_HELP = """methods:
+  darts   DARTS (Liu et al. 2019): a supernet of every operation weighted by
+          softmax(alpha); weights on one half of train, alphas on the other.
+  enas    ENAS (Pham et al. 2018), micro search, as the reference's code:
+          a weight-shared child trains one controller-sampled architecture
+          per batch (Nesterov SGD, cosine with warm restarts); an LSTM
+          controller learns by REINFORCE from the child's accuracy on one
+          validation batch (BN in training mode) plus an entropy bonus.
+          tfnas's choices where the reference differs or is silent
+          (clipping, the validation split, operation biases): docs/search.md.
+  random  random search with weight sharing (Li & Talwalkar 2019): ENAS's
+          child and loop, architectures drawn uniformly, no controller.
+Search accuracy is not final accuracy: re-train the genotype with train.py."""
 
 
 def build_parser() -> ArgumentParser:
     p = ArgumentParser(
-        prog="search.py",
+        prog="search.py", epilog=_METHOD_HELP, formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Search a cell with DARTS (first or second order) and write the derived "
                     "genotype every epoch. Search accuracy is not final accuracy: re-train the "
                     "result from scratch with train.py --genotype <run>/genotype.json.")
@@ -51,6 +76,9 @@ def build_parser() -> ArgumentParser:
                         "(differentiate through the virtual step; its first step compiles for many "
                         "minutes and needs several times fd's memory, so use fd on a CPU; "
                         "docs/benchmarks.md)")
+    p.add_argument("--reference-unclipped", action="store_true", default=None,
+                   help="enas/random: apply the unclipped gradients, as the reference's code does "
+                        "(a bug: it computes the clipped ones and applies the others)")
     p.add_argument("--low-memory", action="store_true", default=None,
                    help="run each cell's edges in loops over stacked per-edge variables and "
                         "recompute activations in the backward pass: the same supernet in much less "
@@ -58,10 +86,12 @@ def build_parser() -> ArgumentParser:
                         "memory or for a bigger batch (--resume continues in the form the run "
                         "started with); not with --hessian exact; figures in docs/benchmarks.md")
     p.add_argument("--preset", choices=("paper", "small"), default=None,
-                   help="paper (50 epochs, batch 64, C=16, 8 layers) or small (minutes on a "
-                        "2-core CPU: C=8, 5 layers, 3 epochs of 10 batch pairs of 32); default small")
+                   help="paper (the reference: darts 50 epochs, batch 64, C=16, 8 layers; enas/random "
+                        "150 epochs, batch 160, C=20, 8 layers) or small (minutes on a 2-core CPU: "
+                        "C=8, 5 layers, 3 short epochs); default small")
     p.add_argument("--space", choices=("darts", "enas"), default=None,
-                   help="cell space: darts (8 ops, 4 nodes) or enas (5 ops, 5 nodes, loose ends)")
+                   help="cell space: darts (8 ops, 4 nodes; 7 without none for enas/random) or enas "
+                        "(5 ops, 5 nodes, loose ends); default: darts for --method darts, else enas")
     p.add_argument("--nodes", type=int, default=None,
                    help="intermediate nodes per cell (default: the space's, 4 for darts)")
     for name, (kind, text) in _OVERRIDES.items():
@@ -77,7 +107,7 @@ def build_parser() -> ArgumentParser:
                    help="tf.distribute strategy (mirrored: all local devices)")
     p.add_argument("--cpu-devices", type=int, default=None,
                    help="split the CPU into N logical devices (to try --strategy mirrored)")
-    p.add_argument("--out", help="run directory (default runs/search-darts-<time>)")
+    p.add_argument("--out", help="run directory (default runs/search-<method>-<time>)")
     p.add_argument("--resume", action="store_true",
                    help="continue the search in --out from its last checkpoint")
     p.add_argument("--dry-run", action="store_true",
@@ -92,7 +122,8 @@ def _settings_from_args(args):
     overrides.update(order=args.order, hessian=args.hessian, space=args.space,
                      dataset=args.dataset, data_dir=args.data_dir, seed=args.seed,
                      deterministic=args.deterministic, strategy=args.strategy,
-                     low_memory=args.low_memory)
+                     low_memory=args.low_memory, reference_unclipped=args.reference_unclipped)
+    _refuse_other_methods_flags(args.method, overrides)
     for name in ("epochs", "batch_size", "init_channels", "layers"):
         if overrides[name] is not None and overrides[name] < 1:
             raise UsageError(f"--{name.replace('_', '-')} must be >= 1")
@@ -103,13 +134,23 @@ def _settings_from_args(args):
         from tfnas.space import SPACES
         if args.nodes < 1:
             raise UsageError("--nodes must be >= 1")
-        overrides["space"] = dict(SPACES[args.space or "darts"].to_dict(), num_nodes=args.nodes)
+        default_space = METHODS[args.method].default_space
+        overrides["space"] = dict(SPACES[args.space or default_space].to_dict(), num_nodes=args.nodes)
     if args.hessian and args.order != 2:
         raise UsageError("--hessian applies to --order 2 only")
     try:
         return SearchSettings.from_preset(args.preset or "small", method=args.method, **overrides)
     except SearchSettingsError as err:
         raise UsageError(str(err)) from None
+
+
+def _refuse_other_methods_flags(method, overrides) -> None:
+    """A flag of another method's settings is a one-line error naming it."""
+    config = METHODS[method].config().to_dict()
+    common = {f.name for f in dataclasses.fields(SearchSettings)}
+    for name, value in overrides.items():
+        if value is not None and name not in config and name not in common:
+            raise UsageError(f"--{name.replace('_', '-')} does not apply to --method {method}")
 
 
 def _dry_run(settings):
@@ -119,7 +160,7 @@ def _dry_run(settings):
     info = DatasetInfo("dry-run", 10, (32, 32, 3), {}, (0.5,) * 3, (0.25,) * 3)
     method = build_method(settings, info)
     return {"method": settings.method, **method.sizes(), "init_channels": settings.init_channels,
-            "layers": settings.layers, "num_classes": 10, "space": settings.cell_space.to_dict(),
+            "layers": settings.layers, "num_classes": 10, "space": method.space.to_dict(),
             "build_seconds": round(time.time() - t0, 1)}
 
 

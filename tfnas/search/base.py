@@ -49,20 +49,23 @@ class SearchData:
 
     def stream(self, split: str, batches: int, *, seed_offset: int = 0, batch_size: int | None = None,
                augment: bool = True, fixed_epoch: int | None = None,
-               drop_remainder: bool | None = None) -> BatchStream:
+               drop_remainder: bool | None = None, passes_per_epoch: int = 1) -> BatchStream:
         """``batches`` per pass of ``split`` (shuffled; augmented unless told
         not).  By default one pass per remaining epoch, each epoch's order and
         augmentation a function of the seed and the epoch (so resumed runs
         see the same batches), all batches full; ``fixed_epoch`` instead
         repeats that one epoch's order forever, keeping its last partial batch
-        (fixed evaluation batches)."""
+        (fixed evaluation batches).  ``passes_per_epoch`` > 1 gives each search
+        epoch that many passes, each a fresh order of ``split``."""
         settings = self.settings
         if drop_remainder is None:
             drop_remainder = fixed_epoch is None
         common = dict(seed=settings.seed + seed_offset, shuffle=True, batches_per_epoch=batches,
                       augment=augment, drop_remainder=drop_remainder)
         if fixed_epoch is None:
-            ds = self.data.dataset(split, batch_size or settings.batch_size, epochs=self.epochs, **common)
+            r = int(passes_per_epoch)
+            epochs = range(self.epochs.start * r, self.epochs.stop * r)
+            ds = self.data.dataset(split, batch_size or settings.batch_size, epochs=epochs, **common)
         else:
             ds = self.data.dataset(split, batch_size or settings.batch_size, epoch=fixed_epoch,
                                    **common).repeat()

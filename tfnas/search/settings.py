@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field, fields
 
 from tfnas.space import SPACES, CellSpace
 
-__all__ = ["DartsConfig", "MethodInfo", "METHODS", "PRESETS", "SearchSettings", "HESSIAN_MODES",
+__all__ = ["DartsConfig", "SharedChildConfig", "EnasConfig", "RandomConfig", "MethodInfo", "METHODS", "PRESETS", "SearchSettings", "HESSIAN_MODES",
            "SearchSettingsError"]
 
 HESSIAN_MODES = ("fd", "exact")
@@ -81,11 +81,69 @@ class DartsConfig(_MethodConfig):
 
 
 @dataclass(frozen=True)
+class SharedChildConfig(_MethodConfig):
+    """The shared child of ENAS and of random search with weight sharing
+    (the reference values of ENAS's micro search)."""
+
+    learning_rate: float = 0.05       # SGD, cosine with warm restarts per epoch
+    learning_rate_min: float = 0.0005
+    restart_period: int = 10          # T0 (epochs)
+    restart_multiplier: int = 2       # Tmul
+    momentum: float = 0.9             # Nesterov
+    l2_reg: float = 1e-4              # + l2_reg * sum(w^2) over all child weights, BN included
+    grad_clip: float = 5.0            # global norm
+    # The reference computes the clipped gradients but applies the unclipped
+    # ones (a bug): True reproduces that.
+    reference_unclipped: bool = False
+    dropout: float = 0.1              # before the classifier (keep 0.9)
+    derive_samples: int = 100         # architectures scored to derive the genotype
+    sampled_histograms: bool = True   # width/depth histograms of the sampled architectures
+
+    def __post_init__(self):
+        if self.restart_period < 1 or self.restart_multiplier < 1:
+            raise SearchSettingsError("restart_period and restart_multiplier must be >= 1")
+        if self.derive_samples < 1:
+            raise SearchSettingsError(f"derive_samples must be >= 1, not {self.derive_samples}")
+
+    def checkpoint_meta(self) -> dict:
+        return {"method_family": "shared_child"}
+
+
+@dataclass(frozen=True)
+class EnasConfig(SharedChildConfig):
+    """ENAS: the shared child plus the LSTM controller and REINFORCE."""
+
+    lstm_size: int = 64
+    tanh_constant: float = 1.10
+    op_tanh_reduce: float = 2.5
+    controller_learning_rate: float = 0.0035   # Adam, beta_1 0, epsilon 1e-3
+    controller_beta_1: float = 0.0
+    controller_epsilon: float = 1e-3
+    entropy_weight: float = 1e-4
+    baseline_decay: float = 0.99
+    samples_per_update: int = 10
+    controller_updates: int = 30      # per epoch, after the child's epoch
+
+    def checkpoint_meta(self) -> dict:
+        return {"method_family": "enas"}
+
+
+@dataclass(frozen=True)
+class RandomConfig(SharedChildConfig):
+    """Random search with weight sharing (Li & Talwalkar 2019): the shared
+    child, architectures drawn uniformly, no controller."""
+
+    def checkpoint_meta(self) -> dict:
+        return {"method_family": "random"}
+
+
+@dataclass(frozen=True)
 class MethodInfo:
     config: type           # the method's config dataclass
     module: str            # the module whose ``METHOD`` is the SearchMethod class
     presets: dict          # preset name -> SearchSettings fields
     default_space: str = "darts"
+    preset_config: dict = field(default_factory=dict)   # preset name -> method-config fields
 
 
 _DARTS_PRESETS = {
@@ -97,8 +155,23 @@ _DARTS_PRESETS = {
     "small": dict(epochs=3, batch_size=32, init_channels=8, layers=5, steps_per_epoch=10,
                   eval_batches=4),
 }
+_SHARED_CHILD_PRESETS = {
+    # The reference's search: 150 epochs, batch 160, C=20, 8 layers (6 normal
+    # + 2 reduction cells), every training batch, 30 controller updates.
+    "paper": dict(epochs=150, batch_size=160, init_channels=20, layers=8, steps_per_epoch=0,
+                  eval_batches=0, validation=0.1),
+    # Minutes on a 2-core CPU (e.g. cifar10-mini): C=8, 5 layers, 20 child
+    # steps of 32 images and 5 controller updates per epoch, 20 derivation samples.
+    "small": dict(epochs=3, batch_size=32, init_channels=8, layers=5, steps_per_epoch=20,
+                  eval_batches=0, validation=0.1),
+}
+_SMALL_CONTROLLER = dict(controller_updates=5, derive_samples=20)
 METHODS = {
     "darts": MethodInfo(DartsConfig, "tfnas.search.darts", _DARTS_PRESETS),
+    "enas": MethodInfo(EnasConfig, "tfnas.search.enas", _SHARED_CHILD_PRESETS, "enas",
+                       {"small": _SMALL_CONTROLLER}),
+    "random": MethodInfo(RandomConfig, "tfnas.search.random_search", _SHARED_CHILD_PRESETS, "enas",
+                         {"small": {"derive_samples": 20}}),
 }
 PRESETS = {name: info.presets for name, info in METHODS.items()}
 
@@ -132,7 +205,7 @@ class SearchSettings:
         if preset not in info.presets:
             raise SearchSettingsError(f"unknown preset {preset!r}; choose from {', '.join(info.presets)}")
         values = dict(info.presets[preset], preset=preset, method=method, space=info.default_space)
-        config = info.config().to_dict()
+        config = {**info.config().to_dict(), **info.preset_config.get(preset, {})}
         names = {f.name for f in fields(cls)}
         for key, value in overrides.items():
             if value is None:
