@@ -204,14 +204,16 @@ def test_probe_top_eigenvalues(model_case, method, training):
 
 def test_default_method_is_lanczos(model_case):
     model, loss_fn, data, _ = model_case
-    probe = HessianProbe(model, loss_fn, data)
-    probe.eigenvalues(top_n=2)
-    assert probe.last_result.history and probe.last_result.which == "LM"
-    assert probe.last_result.num_matvecs == probe.num_hvps
-    # Lanczos keeps no per-eigenvalue loop: power iteration would show 2 values' worth of work.
-    assert type(probe.last_result).__name__ == "EigenResult" and len(probe.last_result.residuals) == 2
+    default = HessianProbe(model, loss_fn, data, seed=5)
+    named = HessianProbe(model, loss_fn, data, seed=5)
+    np.testing.assert_array_equal(default.eigenvalues(top_n=2), named.eigenvalues(top_n=2, method="lanczos"))
+    assert default.last_result.history == named.last_result.history
+    assert default.last_result.which == "LM" and default.last_result.num_matvecs == default.num_hvps
+    power = HessianProbe(model, loss_fn, data, seed=5)
+    power.eigenvalues(top_n=2, method="power")
+    assert power.last_result.history != default.last_result.history
     with pytest.raises(ProbeError):
-        probe.eigenvalues(method="power", which="SA")
+        default.eigenvalues(method="power", which="SA")
 
 
 def test_trace_hutchinson_and_hutchpp_agree_with_the_exact_trace(model_case):

@@ -94,7 +94,8 @@ def select(values, which: str, count: int) -> np.ndarray:
     if which == "SA":
         return np.argsort(values, kind="stable")[:count]
     high = np.argsort(-values, kind="stable")[:(count + 1) // 2]
-    low = [i for i in np.argsort(values, kind="stable") if i not in set(high)][:count // 2]
+    taken = set(high.tolist())
+    low = [i for i in np.argsort(values, kind="stable") if i not in taken][:count // 2]
     return np.concatenate([high, np.asarray(low, dtype=high.dtype)])
 
 
