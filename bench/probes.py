@@ -207,11 +207,11 @@ def spectrum_vs_eigsh(probe):
     return out
 
 
-def hvps_to_relative_error(result, target):
+def hvps_to_relative_error(result, target, reference):
     """(measured, projected) HVPs for the standard error to reach ``target``
-    relative: measured by replaying the stopping rule on the samples (None if
-    the budget fell short), projected from the per-sample standard deviation
-    with the final estimate."""
+    relative: measured by replaying the library's stopping rule on the
+    samples (None if the budget fell short); projected from the per-sample
+    standard deviation and the ``reference`` trace."""
     samples, offset = result.samples, result.sketch_trace
     cost = result.num_hvps - len(samples)
     measured = None
@@ -220,33 +220,41 @@ def hvps_to_relative_error(result, target):
         if se <= target * abs(offset + samples[:n].mean()):
             measured = cost + n
             break
-    spread = samples.std(ddof=1)
-    projected = cost + int(np.ceil((spread / (target * abs(result.estimate))) ** 2))
-    return measured, projected, float(spread)
+    projected = cost + int(np.ceil((samples.std(ddof=1) / (target * abs(reference))) ** 2))
+    return measured, projected
 
 
 def trace_hvps(probe, budget, target):
+    """Each estimator on ``budget`` HVPs; HVPs to ``target`` relative standard
+    error, projected with the inverse-variance mean of the three estimates."""
     runs = {"hutchinson": {"method": "hutchinson"},
             "hutch++ lanczos": {"method": "hutch++", "sketch": "lanczos", "sketch_size": budget // 3},
             "hutch++ random": {"method": "hutch++", "sketch": "random", "sketch_size": budget // 6}}
-    out = {}
+    results, seconds = {}, {}
     for name, kwargs in runs.items():
         t0 = time.perf_counter()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ProbeWarning)        # the whole budget, on purpose
-            result = probe.trace(max_iter=budget, tol=1e-12, **kwargs)
-        measured, projected, spread = hvps_to_relative_error(result, target)
-        out[name] = {**result.to_dict(), "sample_std": spread, "hvps_to_target_measured": measured,
-                     "hvps_to_target_projected": projected}
+            results[name] = probe.trace(max_iter=budget, tol=1e-12, **kwargs)
+        seconds[name] = time.perf_counter() - t0
+    weights = {name: r.standard_error ** -2 for name, r in results.items()}
+    reference = sum(weights[n] * r.estimate for n, r in results.items()) / sum(weights.values())
+    plain_std = results["hutchinson"].samples.std(ddof=1)
+    out = {"target_relative_error": target, "reference_trace": reference}
+    for name, result in results.items():
+        measured, projected = hvps_to_relative_error(result, target, reference)
+        spread = float(result.samples.std(ddof=1))
+        out[name] = {**result.to_dict(), "sample_std": spread, "variance_reduction": (plain_std / spread) ** 2,
+                     "hvps_to_target_measured": measured, "hvps_to_target_projected": projected}
         print(f"trace, {name} (sketch {result.sketch_size}, {result.num_hvps} HVPs): {result.estimate:.5g} ± "
-              f"{result.standard_error:.3g} ({100 * result.relative_error:.0f}%), per-sample std {spread:.3g}; "
-              f"HVPs to {100 * target:g}% relative: "
+              f"{result.standard_error:.3g}, per-sample std {spread:.3g} (variance / "
+              f"{out[name]['variance_reduction']:.2f}); HVPs to {100 * target:g}% relative: "
               f"{measured if measured is not None else '>' + str(result.num_hvps)} measured, "
-              f"~{projected:,} projected ({time.perf_counter() - t0:.0f} s)", flush=True)
-    plain, plus = out["hutchinson"], out["hutch++ lanczos"]
-    gap = abs(plain["estimate"] - plus["estimate"]) / np.hypot(plain["standard_error"], plus["standard_error"])
-    print(f"Hutchinson and Hutch++ (Lanczos) differ by {gap:.2f} combined standard errors", flush=True)
-    out["target_relative_error"] = target
+              f"~{projected:,} projected ({seconds[name]:.0f} s)", flush=True)
+    plain, plus = results["hutchinson"], results["hutch++ lanczos"]
+    gap = abs(plain.estimate - plus.estimate) / np.hypot(plain.standard_error, plus.standard_error)
+    print(f"reference trace (inverse-variance mean) {reference:.5g}; Hutchinson and Hutch++ (Lanczos) "
+          f"differ by {gap:.2f} combined standard errors", flush=True)
     return out
 
 
