@@ -25,6 +25,41 @@ LOSS_NAME = "sparse categorical cross-entropy (from logits)"
 # ------------------------------------------------------------------ parser
 
 def register(subparsers) -> None:
+    _register_hessian(subparsers)
+
+    gradvar = subparsers.add_parser(
+        "gradvar", help="gradient variance over the mini-batches of a split",
+        description="E||g_i - g_bar||, E||g_i - g_bar||^2 and ||g_bar|| over the mini-batch "
+                    "gradients of a split (all trainable parameters flattened; the batch size matters).")
+    _common(gradvar)
+    gradvar.add_argument("--per-layer", action="store_true", help="also per layer")
+    gradvar.set_defaults(func=run_gradvar)
+
+    landscape = subparsers.add_parser(
+        "landscape", help="filter-normalised loss landscape (1-D curve or 2-D contour/surface)",
+        description="Loss and accuracy at theta + a*d1 (+ b*d2) over a grid, with random "
+                    "filter-normalised directions (Li et al. 2018), BN in inference mode.")
+    _common(landscape, bn_mode=False)
+    landscape.add_argument("--dims", type=int, choices=(1, 2), default=2)
+    landscape.add_argument("--points", type=int, default=51, help="grid points per axis (default 51)")
+    landscape.add_argument("--range", type=float, nargs=2, default=(-1.0, 1.0), metavar=("MIN", "MAX"),
+                           help="grid range per axis (default -1 1)")
+    landscape.add_argument("--direction", choices=("random", "hessian"), default="random",
+                           help="random filter-normalised directions, or the top Hessian eigenvectors "
+                                "(scaled to the weights' norm)")
+    landscape.add_argument("--towards", metavar="MODEL",
+                           help="first direction: from TARGET's weights to this model's (.keras)")
+    landscape.add_argument("--normalization", choices=("filter", "layer", "none"), default="filter")
+    landscape.add_argument("--include-bias-bn", action="store_true",
+                           help="perturb biases and BN parameters too (default: their directions are zero)")
+    landscape.add_argument("--gradvar", action="store_true",
+                           help="also the gradient variance at every point (3-D surface; slower)")
+    landscape.add_argument("--resume", action="store_true",
+                           help="continue an interrupted grid from OUT/landscape.npz")
+    landscape.set_defaults(func=run_landscape)
+
+
+def _register_hessian(subparsers) -> None:
     hessian = subparsers.add_parser(
         "hessian", help="Hessian eigenvalues (λ_max, λ_min, their ratio), trace and spectral density",
         description="Hessian eigenvalues (Lanczos, or power iteration), λ_max, λ_min and λ_min/λ_max "
@@ -58,37 +93,6 @@ def register(subparsers) -> None:
                          default="back_over_back",
                          help="nested GradientTapes (default, measured cheaper) or ForwardAccumulator")
     hessian.set_defaults(func=run_hessian)
-
-    gradvar = subparsers.add_parser(
-        "gradvar", help="gradient variance over the mini-batches of a split",
-        description="E||g_i - g_bar||, E||g_i - g_bar||^2 and ||g_bar|| over the mini-batch "
-                    "gradients of a split (all trainable parameters flattened; the batch size matters).")
-    _common(gradvar)
-    gradvar.add_argument("--per-layer", action="store_true", help="also per layer")
-    gradvar.set_defaults(func=run_gradvar)
-
-    landscape = subparsers.add_parser(
-        "landscape", help="filter-normalised loss landscape (1-D curve or 2-D contour/surface)",
-        description="Loss and accuracy at theta + a*d1 (+ b*d2) over a grid, with random "
-                    "filter-normalised directions (Li et al. 2018), BN in inference mode.")
-    _common(landscape, bn_mode=False)
-    landscape.add_argument("--dims", type=int, choices=(1, 2), default=2)
-    landscape.add_argument("--points", type=int, default=51, help="grid points per axis (default 51)")
-    landscape.add_argument("--range", type=float, nargs=2, default=(-1.0, 1.0), metavar=("MIN", "MAX"),
-                           help="grid range per axis (default -1 1)")
-    landscape.add_argument("--direction", choices=("random", "hessian"), default="random",
-                           help="random filter-normalised directions, or the top Hessian eigenvectors "
-                                "(scaled to the weights' norm)")
-    landscape.add_argument("--towards", metavar="MODEL",
-                           help="first direction: from TARGET's weights to this model's (.keras)")
-    landscape.add_argument("--normalization", choices=("filter", "layer", "none"), default="filter")
-    landscape.add_argument("--include-bias-bn", action="store_true",
-                           help="perturb biases and BN parameters too (default: their directions are zero)")
-    landscape.add_argument("--gradvar", action="store_true",
-                           help="also the gradient variance at every point (3-D surface; slower)")
-    landscape.add_argument("--resume", action="store_true",
-                           help="continue an interrupted grid from OUT/landscape.npz")
-    landscape.set_defaults(func=run_landscape)
 
 
 def _common(p, bn_mode=True) -> None:
