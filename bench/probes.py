@@ -13,9 +13,9 @@ Hessian spectrum and trace on DARTS_V2 (C=8, 5 layers) against SciPy's eigsh.
    lambda_min, ratio) against SciPy's ``eigsh`` (LM / LA / SA) over the same
    HVP; power iteration's answer to the same call for the record.
 6. Same network: Hutchinson vs Hutch++ (Lanczos and random sketch) on one
-   HVP budget each; HVPs to a relative standard error (--trace-rel),
-   measured when the budget reaches it, else projected from the per-sample
-   standard deviation.
+   HVP budget each; HVPs to relative standard errors (--trace-rel),
+   measured by replaying the stopping rule when the budget reaches them,
+   and projected from the per-sample standard deviation.
 
 Usage: python bench/probes.py [--quick] [--run RUN_DIR] [--parts cost,eigen,landscape,precision,spectrum,trace]
 (--run: use a trained run's weights instead of the random initialisation,
@@ -224,9 +224,10 @@ def hvps_to_relative_error(result, target, reference):
     return measured, projected
 
 
-def trace_hvps(probe, budget, target):
-    """Each estimator on ``budget`` HVPs; HVPs to ``target`` relative standard
-    error, projected with the inverse-variance mean of the three estimates."""
+def trace_hvps(probe, budget, targets):
+    """Each estimator on ``budget`` HVPs; HVPs to each of ``targets`` (relative
+    standard errors), projected with the inverse-variance mean of the three
+    estimates."""
     runs = {"hutchinson": {"method": "hutchinson"},
             "hutch++ lanczos": {"method": "hutch++", "sketch": "lanczos", "sketch_size": budget // 3},
             "hutch++ random": {"method": "hutch++", "sketch": "random", "sketch_size": budget // 6}}
@@ -240,17 +241,18 @@ def trace_hvps(probe, budget, target):
     weights = {name: r.standard_error ** -2 for name, r in results.items()}
     reference = sum(weights[n] * r.estimate for n, r in results.items()) / sum(weights.values())
     plain_std = results["hutchinson"].samples.std(ddof=1)
-    out = {"target_relative_error": target, "reference_trace": reference}
+    out = {"reference_trace": reference}
     for name, result in results.items():
-        measured, projected = hvps_to_relative_error(result, target, reference)
         spread = float(result.samples.std(ddof=1))
+        counts = {f"{target:g}": hvps_to_relative_error(result, target, reference) for target in targets}
         out[name] = {**result.to_dict(), "sample_std": spread, "variance_reduction": (plain_std / spread) ** 2,
-                     "hvps_to_target_measured": measured, "hvps_to_target_projected": projected}
+                     "hvps_to_relative_error": {k: {"measured": m, "projected": p} for k, (m, p) in counts.items()}}
+        to_targets = "; ".join(f"{100 * float(k):g}%: {m if m is not None else '>' + str(result.num_hvps)} measured, "
+                               f"~{p:,} projected" for k, (m, p) in counts.items())
         print(f"trace, {name} (sketch {result.sketch_size}, {result.num_hvps} HVPs): {result.estimate:.5g} ± "
               f"{result.standard_error:.3g}, per-sample std {spread:.3g} (variance / "
-              f"{out[name]['variance_reduction']:.2f}); HVPs to {100 * target:g}% relative: "
-              f"{measured if measured is not None else '>' + str(result.num_hvps)} measured, "
-              f"~{projected:,} projected ({seconds[name]:.0f} s)", flush=True)
+              f"{out[name]['variance_reduction']:.2f}); HVPs to relative error {to_targets} "
+              f"({seconds[name]:.0f} s)", flush=True)
     plain, plus = results["hutchinson"], results["hutch++ lanczos"]
     gap = abs(plain.estimate - plus.estimate) / np.hypot(plain.standard_error, plus.standard_error)
     print(f"reference trace (inverse-variance mean) {reference:.5g}; Hutchinson and Hutch++ (Lanczos) "
@@ -264,8 +266,8 @@ def main():
     parser.add_argument("--run", help="run directory whose trained weights to use")
     parser.add_argument("--parts", default=",".join(PARTS), help=f"comma-separated subset of {','.join(PARTS)}")
     parser.add_argument("--trace-budget", type=int, default=120, help="HVPs per trace estimate (default 120)")
-    parser.add_argument("--trace-rel", type=float, default=0.1,
-                        help="relative standard error to reach (default 0.1)")
+    parser.add_argument("--trace-rel", default="0.1,0.01",
+                        help="relative standard errors to reach, comma-separated (default 0.1,0.01)")
     args = parser.parse_args()
     parts = args.parts.split(",")
     if not set(parts) <= set(PARTS):
@@ -298,7 +300,7 @@ def main():
         if "spectrum" in parts:
             results["spectrum"] = spectrum_vs_eigsh(probe)
         if "trace" in parts:
-            results["trace"] = trace_hvps(probe, args.trace_budget, args.trace_rel)
+            results["trace"] = trace_hvps(probe, args.trace_budget, [float(t) for t in args.trace_rel.split(",")])
     results["loadavg"] = os.getloadavg()[0]
     print(json.dumps(results, default=float))
 
