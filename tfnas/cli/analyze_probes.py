@@ -324,15 +324,13 @@ def _hessian_results(args, probe, result):
         values = probe.eigenvalues(top_n=args.top_n, max_iter=args.max_iter, tol=args.tol,
                                    method=args.method, which=args.which)
         eigen = probe.last_result
-        before = probe.num_hvps
         extremes = probe.extremes(max_iter=args.max_iter, tol=args.tol)
-        hvps_extremes = probe.num_hvps - before
         trace = probe.trace(max_iter=args.trace_max_iter, tol=args.trace_tol, method=args.trace_method) \
             if args.trace else None
     result.update(method=args.method, which=args.which, hvp_mode=args.hvp_mode, tol=args.tol,
                   eigenvalues=[float(v) for v in values], residuals=[float(r) for r in eigen.residuals],
-                  eigenvalues_converged=bool(eigen.converged), hvps_eigenvalues=before,
-                  extremes={**extremes.to_dict(), "num_hvps": hvps_extremes})
+                  eigenvalues_converged=bool(eigen.converged), hvps_eigenvalues=eigen.num_matvecs,
+                  extremes=extremes.to_dict())
     unconverged = [(f"eigenvalue {v:.6g}", r) for v, r in eigen.unconverged()] \
         + [(f"{name.replace('lambda', 'λ')} {v:.6g}", r) for name, v, r in extremes.unconverged()]
     if unconverged:
