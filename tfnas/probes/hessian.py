@@ -161,10 +161,10 @@ def power_iteration(matvec, dim: int, top_n: int = 1, max_iter: int = 100, tol: 
                        bool(np.all(residuals <= tol)), history, residuals, "LM", float(tol))
 
 
-def _lanczos_steps(matvec, dim, max_steps, rng, on_step=None, start=None):
+def _lanczos_steps(matvec, dim, max_steps, rng, on_step=None):
     """Run Lanczos with full re-orthogonalisation.  ``on_step(alpha, beta)``
     may return True to stop.  Returns (Q rows, alpha, beta, stopped_early)."""
-    q = rng.standard_normal(dim) if start is None else np.asarray(start, float)
+    q = rng.standard_normal(dim)
     q /= np.linalg.norm(q)
     basis, alpha, beta = [q], [], []
     for k in range(min(int(max_steps), dim)):
@@ -357,14 +357,16 @@ def hutchpp_trace(matvec, dim: int, max_iter: int = 100, tol: float = 1e-2, seed
     column.  ``sketch_size`` defaults to a third of ``max_iter`` (the
     paper's split).  The rest of the budget samples Hutchinson on the
     complement of the sketch until its standard error (the estimate's: the
-    sketch's part is exact) is at most ``tol * |estimate|``."""
+    sketch's part is exact) is at most ``tol * |estimate|``.  The sketch
+    pays off when a few eigenvalues carry much of ``||H||_F`` (a trained
+    network), not when many of similar size do (a network at
+    initialisation): see docs/benchmarks.md."""
     if sketch not in SKETCHES:
         raise ProbeError(f"sketch must be one of {SKETCHES}, not {sketch!r}")
     size = max(1, int(max_iter) // 3) if sketch_size is None else int(sketch_size)
-    cost = size * (1 if sketch == "lanczos" else 2)
     if size < 1:
         raise ProbeError(f"sketch_size must be >= 1, not {sketch_size}")
-    _check_trace(max_iter, tol, cost + 2)
+    _check_trace(max_iter, tol, size * (1 if sketch == "lanczos" else 2) + 2)
     rng = _rng(seed)
     q, sketch_trace, used = _sketch(matvec, dim, min(size, dim), sketch, rng)
     if len(q) >= dim:           # the sketch spans the space: its trace is exact
