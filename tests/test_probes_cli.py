@@ -74,6 +74,12 @@ def test_hessian_and_gradvar_on_a_keras_file(keras_file, tiny_folder, tmp_path, 
     assert len(result["eigenvalues"]) == 2 and result["dtype"] == "float64"
     assert abs(result["eigenvalues"][0]) >= abs(result["eigenvalues"][1]) > 0
     assert result["trace_standard_error"] > 0 and result["num_examples"] == 20
+    assert result["trace_method"] == "hutchinson" and 10 <= result["hvps_trace"] <= 100
+    extremes = result["extremes"]
+    assert extremes["lambda_max"] >= max(result["eigenvalues"]) and extremes["lambda_min"] <= min(result["eigenvalues"])
+    assert extremes["ratio"] == pytest.approx(extremes["lambda_min"] / extremes["lambda_max"])
+    assert all(r <= 1e-3 for r in result["residuals"] + list(extremes["residuals"].values()))
+    assert result["eigenvalues_converged"] and extremes["converged"] and result["hvps_eigenvalues"] <= 30
     assert os.path.getsize(tmp_path / "hessian_spectrum.png") > 10_000
     assert analyze.main(["gradvar", str(keras_file), "--per-layer"] + common) == 0
     result = json.loads(capsys.readouterr().out)
@@ -84,12 +90,39 @@ def test_hessian_and_gradvar_on_a_keras_file(keras_file, tiny_folder, tmp_path, 
     assert os.path.getsize(tmp_path / "landscape_curve.png") > 10_000
 
 
+def test_hessian_reports_what_did_not_converge(keras_file, tiny_folder, tmp_path, capsys):
+    common = [str(keras_file), "--dataset", f"folder:{tiny_folder}", "--max-images", "20", "--batch-size", "10",
+              "--out", str(tmp_path), "--no-tensorboard"]
+    assert analyze.main(["hessian"] + common + ["--max-iter", "3", "--top-n", "2", "--json"]) == 0
+    captured = capsys.readouterr()
+    result = json.loads(captured.out)
+    assert result["converged"] is False and result["eigenvalues_converged"] is False
+    assert result["extremes"]["converged"] is False and result["extremes"]["num_hvps"] == 3
+    assert len(result["residuals"]) == 2 and max(result["residuals"]) > 1e-3
+    assert set(result["extremes"]["residuals"]) == {"lambda_max", "lambda_min"}
+    notes = [line for line in captured.err.splitlines() if line.startswith("not converged")]
+    assert len(notes) == 1 and notes[0].endswith("raise --max-iter (now 3)") and "residual" in notes[0]
+    assert json.loads((tmp_path / "hessian.json").read_text())["converged"] is False
+    # Text output: the eigenvalues, lambda_max, lambda_min and their ratio, each with its residual.
+    assert analyze.main(["hessian"] + common + ["--trace", "--trace-method", "hutch++",
+                                                "--trace-max-iter", "12", "--trace-tol", "1e-6"]) == 0
+    captured = capsys.readouterr()
+    out = captured.out.splitlines()
+    assert out[0].startswith("top 1 Hessian eigenvalue(s) (lanczos, LM,") and "(residual " in out[0]
+    assert out[1].startswith("λ_max ") and "λ_min " in out[1] and "λ_min/λ_max " in out[1]
+    assert out[2].startswith("trace ") and "(standard error" in out[2] and "hutch++, 12 HVPs" in out[2]
+    assert captured.err.strip().splitlines()[-1].startswith("not converged: trace ")
+    assert "raise --trace-max-iter (now 12)" in captured.err and "raise --max-iter" not in captured.err
+
+
 @pytest.mark.parametrize("argv, message", [
     (["landscape", "/no/such/run"], "no such run directory"),
     (["hessian", "{keras}"], "pass --dataset"),
     (["landscape", "{keras}", "--dataset", "folder:{data}", "--points", "1"], "--points"),
     (["gradvar", "{keras}", "--dataset", "folder:{data}", "--split", "nosuch"], "nosuch"),
     (["hessian", "{keras}", "--dataset", "folder:{data}", "--top-n", "0"], "--top-n"),
+    (["hessian", "{keras}", "--dataset", "folder:{data}", "--method", "power", "--which", "SA"], "--which LM"),
+    (["hessian", "{keras}", "--dataset", "folder:{data}", "--trace-max-iter", "1"], "--trace-max-iter"),
 ])
 def test_bad_input_is_one_line_exit_2(argv, message, keras_file, tiny_folder, tmp_path, capsys):
     argv = [a.format(keras=keras_file, data=tiny_folder) for a in argv] + ["--out", str(tmp_path)]

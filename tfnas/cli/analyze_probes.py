@@ -25,23 +25,7 @@ LOSS_NAME = "sparse categorical cross-entropy (from logits)"
 # ------------------------------------------------------------------ parser
 
 def register(subparsers) -> None:
-    hessian = subparsers.add_parser(
-        "hessian", help="top Hessian eigenvalues, trace and spectral density of the test loss",
-        description="Top Hessian eigenvalues (power iteration or Lanczos), Hutchinson trace "
-                    "and SLQ spectral density of the mean loss over a dataset split.")
-    _common(hessian)
-    hessian.add_argument("--top-n", type=int, default=1, help="eigenvalues of largest magnitude (default 1)")
-    hessian.add_argument("--method", choices=("lanczos", "power"), default="lanczos")
-    hessian.add_argument("--max-iter", type=int, default=100,
-                         help="Lanczos steps, power iterations per eigenvalue, or trace samples (default 100)")
-    hessian.add_argument("--tol", type=float, default=1e-3, help="relative tolerance (default 1e-3)")
-    hessian.add_argument("--trace", action="store_true", help="also estimate the trace (Hutchinson)")
-    hessian.add_argument("--density", action="store_true", help="also the spectral density (SLQ) and its plot")
-    hessian.add_argument("--density-steps", type=int, default=80, help="Lanczos steps per SLQ run (default 80)")
-    hessian.add_argument("--hvp-mode", choices=("back_over_back", "forward_over_back"),
-                         default="back_over_back",
-                         help="nested GradientTapes (default, measured cheaper) or ForwardAccumulator")
-    hessian.set_defaults(func=run_hessian)
+    _register_hessian(subparsers)
 
     gradvar = subparsers.add_parser(
         "gradvar", help="gradient variance over the mini-batches of a split",
@@ -73,6 +57,42 @@ def register(subparsers) -> None:
     landscape.add_argument("--resume", action="store_true",
                            help="continue an interrupted grid from OUT/landscape.npz")
     landscape.set_defaults(func=run_landscape)
+
+
+def _register_hessian(subparsers) -> None:
+    hessian = subparsers.add_parser(
+        "hessian", help="Hessian eigenvalues (λ_max, λ_min, their ratio), trace and spectral density",
+        description="Hessian eigenvalues (Lanczos, or power iteration), λ_max, λ_min and λ_min/λ_max "
+                    "from one Lanczos run, each with its residual ||Hv - λv||/|λ|; the trace "
+                    "(Hutchinson or Hutch++) with its standard error; the SLQ spectral density; of the "
+                    "mean loss over a dataset split.  A result that misses its tolerance is reported "
+                    "as 'not converged' with the flag to raise.")
+    _common(hessian)
+    hessian.add_argument("--top-n", type=int, default=1, help="number of eigenvalues (default 1)")
+    hessian.add_argument("--which", choices=("LM", "LA", "SA"), default="LM",
+                         help="eigenvalues of largest magnitude (LM, default), largest (LA) or smallest (SA)")
+    hessian.add_argument("--method", choices=("lanczos", "power"), default="lanczos",
+                         help="for the --top-n eigenvalues (default lanczos; power: LM only, stalls on a "
+                              "±λ pair); λ_max and λ_min always come from Lanczos")
+    hessian.add_argument("--max-iter", type=int, default=100,
+                         help="Lanczos steps, or power iterations per eigenvalue (default 100)")
+    hessian.add_argument("--tol", type=float, default=1e-3,
+                         help="bound on each eigenpair's residual ||Hv - λv||/|λ| (default 1e-3)")
+    hessian.add_argument("--trace", action="store_true", help="also estimate the trace")
+    hessian.add_argument("--trace-method", choices=("hutchinson", "hutch++"), default="hutchinson",
+                         help="Hutchinson (default) or Hutch++ (Lanczos sketch + Hutchinson on the rest: "
+                              "fewer HVPs when a few eigenvalues dominate)")
+    hessian.add_argument("--trace-max-iter", type=int, default=100,
+                         help="HVPs for the trace at most (default 100)")
+    hessian.add_argument("--trace-tol", type=float, default=1e-2,
+                         help="stop the trace when its standard error is below this fraction of it "
+                              "(default 0.01)")
+    hessian.add_argument("--density", action="store_true", help="also the spectral density (SLQ) and its plot")
+    hessian.add_argument("--density-steps", type=int, default=80, help="Lanczos steps per SLQ run (default 80)")
+    hessian.add_argument("--hvp-mode", choices=("back_over_back", "forward_over_back"),
+                         default="back_over_back",
+                         help="nested GradientTapes (default, measured cheaper) or ForwardAccumulator")
+    hessian.set_defaults(func=run_hessian)
 
 
 def _common(p, bn_mode=True) -> None:
@@ -219,12 +239,78 @@ def _base_result(args, target, model, description):
 
 # ------------------------------------------------------------- hessian
 
-def run_hessian(args) -> int:
+def _check_hessian_args(args) -> None:
     for name in ("top_n", "max_iter", "density_steps"):
         if getattr(args, name) < 1:
             raise UsageError(f"--{name.replace('_', '-')} must be >= 1")
-    if not args.tol > 0:
-        raise UsageError("--tol must be > 0")
+    if args.trace_max_iter < 2:
+        raise UsageError("--trace-max-iter must be >= 2 (a standard error needs two samples)")
+    if args.trace and args.trace_method == "hutch++" and args.trace_max_iter < 3:
+        raise UsageError("--trace-max-iter must be >= 3 for --trace-method hutch++ (a sketch and two samples)")
+    if not (args.tol > 0 and args.trace_tol > 0):
+        raise UsageError("--tol and --trace-tol must be > 0")
+    if args.method == "power" and args.which != "LM":
+        raise UsageError("--method power finds largest-magnitude eigenvalues only: use --which LM "
+                         "or --method lanczos")
+
+
+def _hessian_results(args, probe, result):
+    """Run the eigen-solvers (and the trace) and record them in ``result``.
+    Returns (eigenvalues, one-line "not converged" notes)."""
+    import warnings
+    from tfnas.probes import ProbeWarning
+    notes = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ProbeWarning)   # reported below, on one line with the CLI flag
+        values = probe.eigenvalues(top_n=args.top_n, max_iter=args.max_iter, tol=args.tol,
+                                   method=args.method, which=args.which)
+        eigen = probe.last_result
+        extremes = probe.extremes(max_iter=args.max_iter, tol=args.tol)
+        trace = probe.trace(max_iter=args.trace_max_iter, tol=args.trace_tol, method=args.trace_method) \
+            if args.trace else None
+    result.update(method=args.method, which=args.which, hvp_mode=args.hvp_mode, tol=args.tol,
+                  eigenvalues=[float(v) for v in values], residuals=[float(r) for r in eigen.residuals],
+                  eigenvalues_converged=bool(eigen.converged), hvps_eigenvalues=eigen.num_matvecs,
+                  extremes=extremes.to_dict())
+    unconverged = [(f"eigenvalue {v:.6g}", r) for v, r in eigen.unconverged()] \
+        + [(f"{name.replace('lambda', 'λ')} {v:.6g}", r) for name, v, r in extremes.unconverged()]
+    if unconverged:
+        notes.append(f"not converged (residual > --tol {args.tol:g}): "
+                     + ", ".join(f"{what} (residual {r:.1e})" for what, r in unconverged)
+                     + f"; raise --max-iter (now {args.max_iter})")
+    if trace is not None:
+        result.update(trace=trace.estimate, trace_standard_error=trace.standard_error,
+                      trace_relative_error=trace.to_dict()["relative_error"], trace_method=trace.method,
+                      trace_converged=bool(trace.converged), hvps_trace=trace.num_hvps)
+        if not trace.converged:
+            notes.append(f"not converged: trace {trace.estimate:.6g} ± {trace.standard_error:.3g} (standard "
+                         f"error > --trace-tol {args.trace_tol:g} relative); raise --trace-max-iter "
+                         f"(now {args.trace_max_iter})")
+    result["converged"] = not notes
+    return values, notes
+
+
+def _hessian_lines(args, result, values):
+    extremes = result["extremes"]
+    status = "converged" if result["eigenvalues_converged"] else "NOT converged"
+    lines = [f"top {len(values)} Hessian eigenvalue(s) ({args.method}, {args.which}, {result['hvps_eigenvalues']} "
+             f"HVPs, {status}): " + ", ".join(f"{v:.6g} (residual {r:.1e})"
+                                               for v, r in zip(result["eigenvalues"], result["residuals"]))]
+    ratio = "n/a" if extremes["ratio"] is None else f"{extremes['ratio']:.4g}"
+    lines.append(f"λ_max {extremes['lambda_max']:.6g} (residual {extremes['residuals']['lambda_max']:.1e}), "
+                 f"λ_min {extremes['lambda_min']:.6g} (residual {extremes['residuals']['lambda_min']:.1e}), "
+                 f"λ_min/λ_max {ratio} (lanczos, {extremes['num_hvps']} HVPs, "
+                 f"{'converged' if extremes['converged'] else 'NOT converged'})")
+    if args.trace:
+        relative = result["trace_relative_error"]
+        lines.append(f"trace {result['trace']:.6g} ± {result['trace_standard_error']:.3g} (standard error"
+                     + (f", {100 * relative:.2g}%" if relative is not None else "")
+                     + f"; {result['trace_method']}, {result['hvps_trace']} HVPs)")
+    return lines
+
+
+def run_hessian(args) -> int:
+    _check_hessian_args(args)
     target, model, ds, description, out = _prepare(args)
     if target.saved_model:
         # Restored SavedModel functions carry first derivatives only: the
@@ -237,14 +323,8 @@ def run_hessian(args) -> int:
         t0 = time.time()
         probe = HessianProbe(model, _loss(), ds, training=args.bn_mode == "training",
                              hvp_mode=args.hvp_mode, seed=args.seed)
-        values = probe.eigenvalues(top_n=args.top_n, max_iter=args.max_iter, tol=args.tol, method=args.method)
         result = _base_result(args, target, model, description)
-        result.update(method=args.method, hvp_mode=args.hvp_mode, tol=args.tol,
-                      eigenvalues=[float(v) for v in values], converged=bool(probe.last_result.converged),
-                      hvps_eigenvalues=probe.num_hvps)
-        if args.trace:
-            estimate, se = probe.trace(max_iter=max(args.max_iter, 2), tol=args.tol)
-            result.update(trace=estimate, trace_standard_error=se)
+        values, notes = _hessian_results(args, probe, result)
         density = None
         if args.density:
             density = probe.density(num_steps=args.density_steps)
@@ -266,18 +346,17 @@ def run_hessian(args) -> int:
         step = _epoch(target)
         for i, v in enumerate(values):
             tf.summary.scalar(f"hessian/eigenvalue_{i + 1}", float(v), step=step)
+        for key in ("lambda_max", "lambda_min", "ratio"):
+            if result["extremes"][key] is not None:
+                tf.summary.scalar(f"hessian/{key}", result["extremes"][key], step=step)
         if args.trace:
             tf.summary.scalar("hessian/trace", result["trace"], step=step)
         if plot.endswith(".png"):
             _image_summary("hessian/spectrum", plot, step)
     result["tensorboard"] = _tensorboard(args, target, summaries)
-    lines = [f"top {len(values)} Hessian eigenvalue(s) ({args.method}, {result['hvps_eigenvalues']} HVPs, "
-             f"{'converged' if result['converged'] else 'NOT converged: raise --max-iter'}): "
-             + ", ".join(f"{v:.6g}" for v in values)]
-    if args.trace:
-        lines.append(f"trace {result['trace']:.6g} ± {result['trace_standard_error']:.3g} (standard error)")
-    lines.append(f"wrote {result['json']} and {plot}")
-    _report(args, result, lines)
+    for note in notes:     # on stderr, so that --json output stays one JSON document
+        print(note, file=sys.stderr)
+    _report(args, result, _hessian_lines(args, result, values) + [f"wrote {result['json']} and {plot}"])
     return 0
 
 

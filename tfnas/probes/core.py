@@ -33,6 +33,12 @@ class ProbeError(ValueError):
     """Bad arguments to a probe (wrong variables, empty data, ...)."""
 
 
+class ProbeWarning(UserWarning):
+    """A probe's result missed its tolerance (an eigenpair's residual, a
+    trace's standard error): the message names the value, its error and the
+    parameter to raise."""
+
+
 # --------------------------------------------------------------------- data
 
 def as_batches(data, max_batches: int | None = None) -> list:
