@@ -164,7 +164,7 @@ def describe(row: dict, statistic: str = "spearman", x_label: str | None = None,
             text += "; in the paper's direction, but not established at this scale"
         else:
             text += "; against the paper's prediction"
-    text += "."
+    text = text[0].upper() + text[1:] + "."
     if n < MIN_N:
         text += f" With only {n} cells this says little either way."
     return text
