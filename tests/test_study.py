@@ -65,6 +65,8 @@ def test_a_study_directory_keeps_its_settings(tmp_path):
     # flags not given keep the stored values; the analysis may change
     changed.analysis.early_epoch = 2
     assert open_study(str(tmp_path), changed, given={"genotype"}).settings.overrides == {}
+    assert Manifest(str(tmp_path)).load().settings.analysis.early_epoch is None
+    open_study(str(tmp_path), changed, given={"genotype", "analysis"})
     assert Manifest(str(tmp_path)).load().settings.analysis.early_epoch == 2
     with pytest.raises(StudyError, match="holds no study"):
         open_study(str(tmp_path / "empty"), None)

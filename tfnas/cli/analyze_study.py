@@ -44,7 +44,7 @@ def register(subparsers) -> None:
     run.add_argument("--threads", type=int, help="TensorFlow threads per job (default: TF's choice)")
     run.add_argument("--report-only", action="store_true", help="only (re)write figures and reports")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
-    p.set_defaults(func=run_study_command)
+    p.set_defaults(func=run_study_command, study_parser=p)
 
 
 def _design_flags(p) -> None:
@@ -156,16 +156,18 @@ def settings_from_args(args):
 
 
 def _given_fields(args) -> set:
-    """StudySettings fields the user set on the command line."""
-    from tfnas.cli.analyze import build_parser
-    parser = build_parser()._subparsers._group_actions[0].choices["study"]
-    flags = flags_set(parser, args, ignore=("out", "status", "workers", "ray", "threads",
-                                            "report_only", "json"))
+    """StudySettings fields the user set on the command line (top level)."""
+    flags = flags_set(args.study_parser, args, ignore=("out", "status", "workers", "ray", "threads",
+                                                       "report_only", "json", "study_parser"))
     given = set()
     for flag in flags:
         dest = flag.split("/")[0].lstrip("-").replace("-", "_")
-        given.add("overrides" if dest in _OVERRIDES else
-                  _DESIGN_FIELDS.get(dest, "probe"))
+        if dest in _OVERRIDES:
+            given.add("overrides")
+        elif dest in ("early_epoch", "target_loss"):
+            given.add("analysis")
+        else:
+            given.add(_DESIGN_FIELDS.get(dest, "probe"))
     return given
 
 
@@ -180,6 +182,19 @@ def print_status(status: dict) -> None:
             print(f"  {job['state']:>11}: {job['job']} ({detail})")
     if status["report"]:
         print(f"report: {status['report']}")
+
+
+def _report_only(args, settings, given) -> int:
+    from tfnas.study.design import Manifest
+    from tfnas.study.report import write_report
+    from tfnas.study.run import open_study
+    if not Manifest(args.out).exists():
+        raise UsageError(f"{args.out} holds no study yet (no study.json)")
+    open_study(args.out, settings, given)     # a new --early-epoch or --target-loss applies
+    written = write_report(args.out, log=sys.stderr if args.json else sys.stdout)
+    if args.json:
+        print_json(written)
+    return 0
 
 
 def run_study_command(args) -> int:
@@ -200,13 +215,10 @@ def run_study_command(args) -> int:
         raise UsageError("--workers and --ray exclude each other (Ray places the jobs itself)")
     try:
         settings = settings_from_args(args)
-        if args.report_only:
-            from tfnas.study.report import write_report
-            written = write_report(args.out, log=sys.stdout)
-            print_json(written) if args.json else None
-            return 0
-        from tfnas.study.run import run_study
         given = _given_fields(args)
+        if args.report_only:
+            return _report_only(args, settings, given)
+        from tfnas.study.run import run_study
         outcome = run_study(args.out, settings, given=given, workers=args.workers, ray=args.ray,
                             threads=args.threads, log=sys.stderr if args.json else sys.stdout)
     except (StudyError, RuntimeError) as err:

@@ -30,7 +30,6 @@ import time
 import warnings
 
 from tfnas.files import atomic_write_json
-from tfnas.loading import load_trained_model
 from tfnas.rundir import RunDir
 
 __all__ = ["PROBE_DIR", "probe_path", "landscape_path", "probe_run", "probe_data"]
@@ -98,6 +97,7 @@ def probe_run(run_dir: str, epoch: int, probe, landscape: bool, split: str = "te
     """Probe the checkpoint of ``epoch`` of a training run; writes and
     returns the result (see the module docstring).  ``probe`` is a
     :class:`tfnas.study.design.ProbeSettings`."""
+    from tfnas.loading import load_trained_model
     from tfnas.probes import gradient_variance
     t_start = time.time()
     run = RunDir(run_dir, create=False)

@@ -27,22 +27,25 @@ from tfnas.study.jobs import job_done, plan_jobs, read_status
 __all__ = ["open_study", "run_study", "study_status"]
 
 
-def open_study(out_dir: str, settings: StudySettings | None, given=()) -> Manifest:
+def open_study(out_dir: str, settings: StudySettings | None, given=None) -> Manifest:
     """The study in ``out_dir``: created from ``settings``, or the existing
-    one (``settings`` may then only repeat it, except for the analysis and
-    the fields not in ``given``, which the stored study keeps)."""
+    one.  ``settings`` may then only repeat it, except for the analysis;
+    ``given`` (a set of top-level field names, e.g. the flags a user typed)
+    limits the check and the analysis update to those fields: the stored
+    study keeps the others.  ``None``: every field counts."""
     manifest = Manifest(out_dir)
     if manifest.exists():
         manifest.load()
         if settings is not None:
             changed = [d for d in manifest.differences(settings)
-                       if not given or d[0].split(".")[0] in given or d[0] in given]
+                       if given is None or d[0].split(".")[0] in given]
             if changed:
                 listed = "; ".join(f"{k}: {a!r} in the study, {b!r} now" for k, a, b in changed[:4])
                 raise StudyError(f"{manifest.dir} is a study with other settings ({listed}); "
                                  f"choose another --out or leave those flags out")
-            manifest.data["settings"]["analysis"] = settings.to_dict()["analysis"]
-            manifest.save()
+            if given is None or "analysis" in given:
+                manifest.data["settings"]["analysis"] = settings.to_dict()["analysis"]
+                manifest.save()
         return manifest
     if settings is None:
         raise StudyError(f"{manifest.dir} holds no study ({manifest.path} not found): give its design")
@@ -60,7 +63,7 @@ def _execute(manifest, plan, workers, ray, threads, log):
     return executors.run_sequential(manifest.dir, plan, log, threads)
 
 
-def run_study(out_dir: str, settings: StudySettings | None = None, *, given=(), workers: int = 1,
+def run_study(out_dir: str, settings: StudySettings | None = None, *, given=None, workers: int = 1,
               ray: str | None = None, threads: int | None = None, log=sys.stdout,
               report: bool = True) -> dict:
     """Run (or continue) the study in ``out_dir`` and write its report.
