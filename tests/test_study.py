@@ -4,7 +4,10 @@ own table, resume, status, the HParams dashboard, and the Ray path."""
 
 import json
 import os
+import pathlib
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -13,6 +16,8 @@ from tfnas.study import stats
 from tfnas.study.design import Manifest, StudyError, StudySettings, ProbeSettings, choose_cells
 from tfnas.topology import cell_width
 from tfnas.genotypes import Genotype
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
 # -- design (fast) ---------------------------------------------------------------------
@@ -98,9 +103,13 @@ def tiny_data(cifar_mini, tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def tiny_study(tiny_data, tmp_path_factory):
-    from tfnas.cli import analyze
+    # A fresh process, as a user runs it: its one intra-op thread (a
+    # deterministic study) is set before TensorFlow starts.
     out = tmp_path_factory.mktemp("study") / "tiny"
-    assert analyze.main(["study", "--out", str(out), "--dataset", f"folder:{tiny_data}", *TINY]) == 0
+    done = subprocess.run([sys.executable, str(REPO / "analyze.py"), "study", "--out", str(out),
+                           "--dataset", f"folder:{tiny_data}", *TINY], cwd=REPO, capture_output=True,
+                          text=True, timeout=1200)
+    assert done.returncode == 0, done.stderr[-3000:]
     return out
 
 

@@ -68,7 +68,9 @@ def _design_flags(p) -> None:
     g.add_argument("--data-dir", help="prepared tensorflow-datasets directory")
     for name in _OVERRIDES:
         g.add_argument("--" + name.replace("_", "-"), type=int, help=f"override the preset's {name}")
-    g.add_argument("--deterministic", action="store_true", help="bit-reproducible runs (slower)")
+    g.add_argument("--deterministic", action="store_true",
+                   help="bit-reproducible runs, the same on every executor (deterministic ops, one "
+                        "intra-op thread per job: slower)")
 
 
 def _probe_flags(p) -> None:

@@ -87,7 +87,7 @@ def _init_worker(devices, threads) -> None:
     quiet_tensorflow()
     if threads:
         from tfnas import runtime
-        runtime.configure_threads(threads, threads)
+        runtime.configure_threads(threads, None)
 
 
 def _pool_job(study_dir, job, threads):

@@ -118,14 +118,20 @@ def _train(study_dir: str, job: Job, settings: StudySettings, manifest: Manifest
 def run_job(study_dir: str, job: Job, log=None, threads: int | None = None) -> dict:
     """Run ``job`` of the study in ``study_dir`` unless it is done; returns
     ``{"job", "state", "seconds", "skipped"}``.  Errors are recorded in the
-    job's status file and raised again."""
+    job's status file and raised again.  ``threads``: TensorFlow's intra-op
+    threads (set before its first op only; a deterministic study uses one)."""
     manifest = Manifest(study_dir).load()
     settings = manifest.settings
     if job_done(study_dir, job, settings):
         return {"job": job.id, "state": "done", "seconds": 0.0, "skipped": True}
+    if threads is None and settings.deterministic:
+        # A reduction's result depends on how many threads split it: one
+        # intra-op thread everywhere (this process, a pool, Ray) gives the
+        # same numbers on every path.
+        threads = 1
     if threads:
         from tfnas import runtime
-        runtime.configure_threads(threads, threads)
+        runtime.configure_threads(threads, None)
     if settings.deterministic:
         import tensorflow as tf
         tf.config.experimental.enable_op_determinism()

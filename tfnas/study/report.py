@@ -250,15 +250,15 @@ def _markdown(table, rows, claims, figures, timings) -> str:
 _CSS = """body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;max-width:1150px;margin:2em auto;
 padding:0 1em;color:#222;line-height:1.45}table{border-collapse:collapse;font-size:13px;margin:.5em 0 1.5em}
 td,th{border:1px solid #ddd;padding:3px 7px;text-align:right}th{background:#f3f5f8}td:first-child,
-th:first-child{text-align:left}img{max-width:100%;border:1px solid #eee;margin:.3em 0 1.2em}
+th:first-child,table.corr td:nth-child(2),table.corr th:nth-child(2){text-align:left}img{max-width:100%;border:1px solid #eee;margin:.3em 0 1.2em}
 h1{font-size:1.6em}h2{border-bottom:1px solid #ddd;padding-bottom:.2em;margin-top:1.6em}
 .claim{font-weight:600;margin-top:1em}li{margin:.25em 0}"""
 
 
-def _html_table(headers, body) -> str:
+def _html_table(headers, body, css_class: str = "") -> str:
     head = "".join(f"<th>{html.escape(h)}</th>" for h in headers)
     rows = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in body)
-    return f"<table><tr>{head}</tr>{rows}</table>"
+    return f"<table class='{css_class}'><tr>{head}</tr>{rows}</table>"
 
 
 def _html(table, rows, claims, figures, timings) -> str:
@@ -273,7 +273,7 @@ def _html(table, rows, claims, figures, timings) -> str:
         parts.append(f"<p class='claim'>{html.escape(claim['claim'])}</p><ul>"
                      + "".join(f"<li>{html.escape(s)}</li>" for s in claim["sentences"]) + "</ul>")
     parts += ["<h2>Cells</h2>", _html_table(*_cell_table(table)),
-              "<h2>Correlations</h2>", _html_table(*_correlation_table(rows)), "<h2>Figures</h2>"]
+              "<h2>Correlations</h2>", _html_table(*_correlation_table(rows), "corr"), "<h2>Figures</h2>"]
     for name, title in _FIGURE_TITLES:
         if name in figures:
             with open(figures[name]["png"], "rb") as fh:
