@@ -158,6 +158,7 @@ def test_tiny_study_resumes_reports_status_and_hparams(tiny_study, tiny_data, ca
     assert session["jobs_run"] == 0 and session["jobs_failed"] == 0
     # an interrupted probe job: its output removed, its status says running (a dead pid)
     probe = tiny_study / "runs" / "DARTS_V2-s0" / "study-probes" / "epoch-002.json"
+    before = json.loads(probe.read_text())
     probe.unlink()
     status_file = tiny_study / "status" / "probe-DARTS_V2-s0-e002.json"
     status = json.loads(status_file.read_text())
@@ -170,6 +171,15 @@ def test_tiny_study_resumes_reports_status_and_hparams(tiny_study, tiny_data, ca
     # other settings are refused by name
     assert analyze.main(["study", "--out", str(tiny_study), "--epochs", "3"]) == 2
     assert "overrides.epochs" in capsys.readouterr().err
+    # continuing redoes the interrupted probe, and only it, to the same numbers (deterministic;
+    # in a fresh process, with the one intra-op thread of the first run)
+    done = subprocess.run([sys.executable, str(REPO / "analyze.py"), "study", "--out", str(tiny_study),
+                           "--json"], cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert json.loads(done.stdout)["session"]["jobs_run"] == 1
+    after = json.loads(probe.read_text())
+    assert after["hessian"]["extremes"] == before["hessian"]["extremes"]
+    assert after["gradient_variance"] == before["gradient_variance"]
     _assert_hparams(tiny_study)
 
 

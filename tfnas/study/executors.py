@@ -23,7 +23,8 @@ import os
 import subprocess
 import time
 
-from tfnas.study.jobs import run_job
+from tfnas.study.design import Manifest
+from tfnas.study.jobs import job_done, run_job
 
 __all__ = ["run_sequential", "run_pool", "run_ray", "local_gpus"]
 
@@ -49,9 +50,11 @@ def _failed(job, err) -> dict:
 def run_sequential(study_dir: str, plan: list, log=None, threads: int | None = None) -> list:
     results = []
     total = sum(1 + len(probes) for _, probes in plan)
+    settings = Manifest(study_dir).load().settings
     for train, probes in plan:
         for job in [train] + probes:
-            _say(log, f"[{len(results) + 1}/{total}] {job.id} ...")
+            if not job_done(study_dir, job, settings):
+                _say(log, f"[{len(results) + 1}/{total}] {job.id} ...")
             try:
                 result = run_job(study_dir, job, threads=threads)
             except Exception as err:  # noqa: BLE001 - recorded; the other runs go on
