@@ -90,18 +90,23 @@ class ArchitectureError(GenotypeError):
 
 def resolve_sampling_space(space) -> CellSpace:
     """A :class:`CellSpace` from itself, a name in :data:`SAMPLING_SPACES` or
-    a :meth:`CellSpace.to_dict` mapping."""
-    if isinstance(space, CellSpace):
-        return space
+    a :meth:`CellSpace.to_dict` mapping.  ``none`` is dropped from the
+    operations: a sampled edge always carries an operation (a DARTS space
+    with 4 nodes becomes :data:`DARTS_SAMPLING_SPACE`)."""
     if isinstance(space, str):
         if space not in SAMPLING_SPACES:
             raise ValueError(f"unknown sampling space {space!r}; "
                              f"known: {', '.join(SAMPLING_SPACES)}")
         return SAMPLING_SPACES[space]
     if isinstance(space, dict):
-        return CellSpace.from_dict(space)
-    raise ValueError(f"a sampling space is a CellSpace, a name or a dict, "
-                     f"not {type(space).__name__}")
+        space = CellSpace.from_dict(space)
+    if not isinstance(space, CellSpace):
+        raise ValueError(f"a sampling space is a CellSpace, a name or a dict, "
+                         f"not {type(space).__name__}")
+    if "none" in space.operations:
+        space = CellSpace(tuple(op for op in space.operations if op != "none"), space.num_nodes,
+                          space.concat)
+    return space
 
 
 def is_convolution(op: str) -> bool:
