@@ -37,8 +37,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfnas.networks import CellNetwork, dense_classifier
-from tfnas.ops import (BatchNorm, FactorizedReduce, ReLUConvBN, depthwise_conv2d, max_pool_3x3,
-                       tf_variable)
+from tfnas.ops import (BatchNorm, FactorizedReduce, ReLUConvBN, depthwise_conv2d, max_pool_3x3)
 from tfnas.operations import operation_spec
 from tfnas.plan import cell_plan
 from tfnas.search.enas_controller import resolve_sampling_space
