@@ -261,8 +261,27 @@ class _SamplerCache:
         return self._impl(n)
 
 
+class _Sampling:
+    """The sampling interface of the controller and the uniform sampler
+    (both keep a :class:`_SamplerCache` as ``_sampler``)."""
+
+    @property
+    def sampling_trace_count(self) -> int:
+        return self._sampler.trace_count
+
+    def sample(self):
+        """``(arch, log_prob, entropy)``: arch int32 (2, 4N), scalars."""
+        arch, log_prob, entropy = self._sampler(1)
+        return arch[0], log_prob[0], entropy[0]
+
+    def sample_many(self, n):
+        """``n`` independent architectures: (n, 2, 4N), (n,), (n,); one
+        trace serves every ``n`` and :meth:`sample`."""
+        return self._sampler(n)
+
+
 @_register
-class EnasController(keras.Model):
+class EnasController(_Sampling, keras.Model):
     """The ENAS micro-search controller (see the module docstring).
 
     ``space``: a :class:`CellSpace`, ``"enas"`` or ``"darts"``.
@@ -326,19 +345,6 @@ class EnasController(keras.Model):
         """2 input-node steps plus 5 steps per node, per cell."""
         return 2 * (2 + 5 * self.space.num_nodes)
 
-    @property
-    def sampling_trace_count(self) -> int:
-        return self._sampler.trace_count
-
-    def sample(self):
-        """``(arch, log_prob, entropy)``: arch int32 (2, 4N), scalars."""
-        arch, log_prob, entropy = self._sampler(1)
-        return arch[0], log_prob[0], entropy[0]
-
-    def sample_many(self, n):
-        """``n`` independent architectures: (n, 2, 4N), (n,), (n,); one
-        trace serves every ``n`` and :meth:`sample`."""
-        return self._sampler(n)
 
     def evaluate(self, arch):
         """``(log_prob, entropy, probabilities)`` of ``arch`` (2, 4N) or a batch
@@ -482,7 +488,7 @@ class EnasController(keras.Model):
         return choice, chosen, entropy, probs
 
 
-class UniformSampler(tf.Module):
+class UniformSampler(_Sampling, tf.Module):
     """Every decision uniform over its choices (random search with weight
     sharing, Li & Talwalkar 2019), with the controller's sampling interface;
     every architecture of the space has the same probability."""
@@ -495,16 +501,6 @@ class UniformSampler(tf.Module):
         self._entropy = 2 * sum(math.log(k) for k in self._sizes)
         self._sampler = _SamplerCache(self._sample)
 
-    @property
-    def sampling_trace_count(self) -> int:
-        return self._sampler.trace_count
-
-    def sample(self):
-        arch, log_prob, entropy = self._sampler(1)
-        return arch[0], log_prob[0], entropy[0]
-
-    def sample_many(self, n):
-        return self._sampler(n)
 
     def evaluate(self, arch):
         """``(log_prob, entropy, probabilities)`` as :meth:`EnasController.evaluate`."""
