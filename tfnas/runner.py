@@ -136,8 +136,8 @@ class RunDriver:
         t0 = time.time()
         # Only the run's first epoch traces its steps: say how long that took.
         slow_start = getattr(task, "slow_start", 20.0) if first else None
-        progress = Progress(self.log, f"epoch {epoch + 1}/{self.epochs}",
-                            slow_start=slow_start) if self.log else None
+        progress = Progress(self.log, f"epoch {epoch + 1}/{self.epochs}", slow_start=slow_start,
+                            report_finish=False) if self.log else None
         try:
             record = task.run_epoch(epoch, progress)
             bad = _non_finite_losses(record)
