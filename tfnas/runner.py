@@ -29,6 +29,8 @@ import os
 import time
 from typing import Callable, Protocol
 
+import tensorflow as tf
+
 from tfnas.progress import Progress
 from tfnas.rundir import CheckpointError, RunDir, capture_python_rng, restore_python_rng
 
@@ -164,7 +166,6 @@ class RunDriver:
         log_line(self.log, task.epoch_line(record))
 
     def _write_summaries(self, task, record: dict) -> None:
-        import tensorflow as tf
         writer = self.run.tensorboard_writer(getattr(task, "tensorboard_name", ""))
         step = record["epoch"]
         with writer.as_default(step=step):
