@@ -42,7 +42,7 @@ import tensorflow as tf  # noqa: E402
 import keras  # noqa: E402
 
 from tfnas import data as data_lib  # noqa: E402
-from tfnas.genotypes import get_genotype  # noqa: E402
+from tfnas.resolve import get_genotype
 from tfnas.networks import NetworkCIFAR  # noqa: E402
 from timing import median_seconds  # noqa: E402  (bench/timing.py)
 from tfnas.probes import (  # noqa: E402

@@ -367,7 +367,7 @@ def test_against_eigsh_on_a_keras_convnet():
 @pytest.mark.slow
 def test_against_eigsh_on_a_small_darts_network(cifar_mini):
     from tfnas import data as data_lib
-    from tfnas.genotypes import get_genotype
+    from tfnas.resolve import get_genotype
     from tfnas.networks import NetworkCIFAR
     from tfnas.probes import as_batches
     keras.utils.set_random_seed(0)

@@ -98,6 +98,24 @@ def test_fixed_architecture_is_the_directly_built_network(child, images):
         np.testing.assert_allclose(shared, direct, rtol=2e-4, atol=2e-4)
 
 
+@pytest.mark.parametrize("compiled", [False, True], ids=["eager", "tf.function"])
+def test_fixed_architecture_gradients_are_the_directly_built_networks(child, images, compiled):
+    arch = UniformSampler(TINY_SPACE, seed=11).sample_many(1)[0][0].numpy()
+    variables = child.trainable_variables
+
+    def gradients(forward):
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_sum(tf.sin(forward()))
+        return [tf.zeros(v.shape) if g is None else tf.convert_to_tensor(g)
+                for g, v in zip(tape.gradient(loss, variables), variables)]
+    shared = lambda: gradients(lambda: child((images, arch), training=False))   # noqa: E731
+    direct = lambda: gradients(lambda: _direct(child, images, arch))   # noqa: E731
+    if compiled:
+        shared, direct = tf.function(shared), tf.function(direct)
+    for a, b, v in zip(shared(), direct(), variables):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=2e-3, atol=2e-4, err_msg=v.path)
+
+
 def test_one_trace_for_every_architecture_and_only_used_weights_get_gradients(child, images):
     traces = []
 

@@ -11,7 +11,8 @@ import pytest
 import tensorflow as tf
 from scipy import stats
 
-from tfnas.genotypes import Genotype, get_genotype
+from tfnas.genotypes import Genotype
+from tfnas.resolve import get_genotype
 from tfnas.rundir import RunDir
 from tfnas.search.enas_controller import (
     DARTS_SAMPLING_SPACE,

@@ -65,6 +65,8 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from tfnas.files import atomic_write
+
 __all__ = [
     "DatasetError", "DatasetInfo", "ImageData", "open_dataset", "load_dataset",
     "dataset_info", "darts_search_splits", "CIFAR_STATS", "IMAGE_EXTENSIONS",
@@ -219,11 +221,10 @@ def _load_folder(root: str):
     mean, std = _channel_stats(arrays["train"][0])
     try:
         os.makedirs(os.path.dirname(cache), exist_ok=True)
-        tmp = f"{cache}.{os.getpid()}.tmp.npz"
-        np.savez(tmp, train_x=arrays["train"][0], train_y=arrays["train"][1],
-                 test_x=arrays["test"][0], test_y=arrays["test"][1],
-                 mean=np.asarray(mean), std=np.asarray(std))
-        os.replace(tmp, cache)
+        with atomic_write(cache, "wb") as fh:
+            np.savez(fh, train_x=arrays["train"][0], train_y=arrays["train"][1],
+                     test_x=arrays["test"][0], test_y=arrays["test"][1],
+                     mean=np.asarray(mean), std=np.asarray(std))
     except OSError:
         pass  # caching is an optimisation only
     return arrays, class_names, mean, std

@@ -81,7 +81,7 @@ class BatchNorm(keras.layers.Layer):
     Two training-mode paths compute the same function:
 
     * **fused** — ``tf.nn.fused_batch_norm`` forward and its fused gradient
-      kernel: fastest on CPU (~1.25x for a whole training step).  Used when
+      kernel: the faster path on CPU (docs/benchmarks.md, Layers).  Used when
       ``fused=True``, or when ``fused=None`` (default) and the compute dtype
       is float32/float16/bfloat16.  Its gradients are float32-accurate and
       TensorFlow's registered gradient of the fused gradient kernel is exact,
@@ -90,7 +90,8 @@ class BatchNorm(keras.layers.Layer):
     * **differentiable** — ``mean``, ``mean((x - mean)^2)`` and the affine map
       as plain TF ops, differentiable to any order.  Used when ``fused=False``
       and always under a float64 policy (the fused kernel has no float64).
-      Its float32 forward is ~2x more precise than the fused kernel's.
+      Its float32 forward is more precise than the fused kernel's, so use it
+      where float32 results are compared with float64.
 
     Unlike Keras' own BatchNormalization, whose batch variance stops the
     gradient through the mean (right first derivatives, wrong second
@@ -285,8 +286,9 @@ class PointwiseConv2D(keras.layers.Conv2D):
     """A 1x1, stride-1, bias-free Conv2D computed as one matrix product.
 
     Same kernel shape (1, 1, C_in, C_out) and serialisation as Conv2D, but
-    ``matmul`` on the (N·H·W, C_in) view: on this CPU its forward and filter
-    gradient are several times faster than oneDNN's 1x1 convolution."""
+    ``matmul`` on the (N·H·W, C_in) view: on CPU its forward and filter
+    gradient are at least as fast as oneDNN's 1x1 convolution
+    (docs/benchmarks.md)."""
 
     def __init__(self, filters, **kwargs):
         kwargs.update(kernel_size=1, strides=1, padding="valid", use_bias=False)
@@ -348,10 +350,10 @@ class DepthwiseConv2D(keras.layers.DepthwiseConv2D):
     """Keras' DepthwiseConv2D with a faster filter gradient for 5×5 and
     larger kernels at stride 1 (sep_conv_5x5, dil_conv_5x5).
 
-    TensorFlow's CPU kernel for that gradient (oneDNN) was measured 1.3–3×
-    slower than one depthwise convolution of the input by the output
-    gradient (:func:`_depthwise_filter_gradient`; 2.4 vs 0.8 ms at
-    16×32×32×16), and it was the search networks' costliest op.  TensorFlow's
+    TensorFlow's CPU kernel for that gradient (oneDNN) is slower, for 5×5
+    and larger kernels at stride 1, than one depthwise convolution of the
+    input by the output gradient (:func:`_depthwise_filter_gradient`), and it
+    was the search networks' costliest op (docs/benchmarks.md).  TensorFlow's
     kernel is kept where it is faster (3×3) or where this one does not apply:
     strides, channel multipliers, biases, and half precision (this one would
     sum over the batch in half precision)."""
@@ -388,9 +390,9 @@ def depthwise_conv2d(x, kernel, dilation: int = 1, padding: str = "SAME"):
 def _subsample_2(x, offset=0):
     """``x[:, offset::2, offset::2, :]`` for even H, W (offset 0 or 1).
 
-    Strided slicing is cheap forward, but its gradient (StridedSliceGrad) was
-    measured at ~40 ms per call on this CPU for a 32x32x16 batch of 32;
-    space_to_depth + split has cheap gradients (depth_to_space, concat)."""
+    Strided slicing is cheap forward, but its gradient (StridedSliceGrad) is
+    a slow full copy on CPU; space_to_depth + split has cheap gradients
+    (depth_to_space, concat)."""
     h, w = x.shape[1], x.shape[2]
     if h is None or w is None or h % 2 or w % 2:
         return x[:, offset::2, offset::2, :]
@@ -692,19 +694,18 @@ def max_pool_3x3(x, stride, deterministic_second_derivatives=False, gradient_rec
     argmax TensorFlow's first derivative (``MaxPoolGrad``) uses.  TensorFlow's
     own derivative of ``MaxPoolGrad``, the CPU kernel ``MaxPoolGradGrad``,
     breaks ties between equal window values differently (a max pool of a
-    max pool has them: 32 % error on an HVP, tested) and differently from
-    call to call under inter-op parallelism (2–4 of 100 exact DARTS
-    hypergradients of a tiny supernet off by up to 1 %).  Slower than the
-    plain kernel (~1.4x for forward + backward), so only where second
+    max pool has them: wrong HVPs, tested) and differently from call to call
+    under inter-op parallelism (some exact DARTS hypergradients of a tiny
+    supernet differed from run to run).  Slower than the plain kernel, so
+    only where second
     derivatives are taken (:func:`deterministic_second_derivatives`).
 
     ``gradient_recomputes``: the first derivative recomputes the pooling next
     to its ``MaxPoolGrad``.  Where the gradient is traced apart from the
     forward pass (a ``tf.while_loop`` body: the low-memory search cells),
     oneDNN cannot pair ``MaxPoolGrad`` with its forward op and TensorFlow
-    falls back to a kernel ~10x slower (5.7 vs 0.6 ms forward + backward at
-    16×32×32×16); recomputing the cheap forward op (0.08 ms) restores the
-    fast kernel."""
+    falls back to a much slower kernel; recomputing the cheap forward op next
+    to the gradient restores the fast one (docs/benchmarks.md)."""
     if stride == 1:  # TF 'SAME' at stride 1 pads 1 on both sides, ignored by max
         padding = "SAME"
     else:

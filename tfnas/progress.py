@@ -3,7 +3,8 @@
 On a terminal, :class:`Progress` redraws one line (at most every
 ``interval`` seconds): ``label [=====>    ] 37/121 <text> (31%) 12 s ETA 20 s``.
 Elsewhere (a log file, a pipe) it prints a plain line every
-``log_interval`` seconds, or never when that is ``None``.  The first update
+``log_interval`` seconds and one when the work is done
+(``report_finish``), or nothing when ``log_interval`` is ``None``.  The first update
 after a slow start (a traced step) says how long the start took, since the
 screen would otherwise stay silent for minutes with no explanation.
 """
@@ -25,12 +26,12 @@ class Progress:
 
     def __init__(self, stream=None, label: str = "", total: int | None = None, *,
                  interval: float = 0.5, log_interval: float | None = 60.0,
-                 slow_start: float | None = 20.0, width: int = 24):
+                 slow_start: float | None = 20.0, width: int = 24, report_finish: bool = True):
         self.stream = sys.stderr if stream is None else stream
         self.label, self.total = label, total
         self.tty = is_terminal(self.stream)
         self.interval = interval if self.tty else log_interval
-        self.slow_start, self.width = slow_start, width
+        self.slow_start, self.width, self.report_finish = slow_start, width, report_finish
         self.t0 = time.time()
         self._last = None        # time of the last line drawn
         self._first = None       # (done, time) at the first update
@@ -50,8 +51,10 @@ class Progress:
                 self._line(f"{self.label}: first step (includes tracing) took {now - self.t0:.0f} s",
                            newline=True)
             return
-        finished = bool(self.total) and done >= self.total and not self.tty
-        if not finished and (self.interval is None or now - self._last < self.interval):
+        if self.interval is None:
+            return
+        finished = self.report_finish and bool(self.total) and done >= self.total and not self.tty
+        if not finished and now - self._last < self.interval:
             return
         self._last = now
         self._line(self._text(done, text, now), newline=not self.tty)

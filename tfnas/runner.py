@@ -29,6 +29,8 @@ import os
 import time
 from typing import Callable, Protocol
 
+import tensorflow as tf
+
 from tfnas.progress import Progress
 from tfnas.rundir import CheckpointError, RunDir, capture_python_rng, restore_python_rng
 
@@ -139,8 +141,8 @@ class RunDriver:
         t0 = time.time()
         # Only the run's first epoch traces its steps: say how long that took.
         slow_start = getattr(task, "slow_start", 20.0) if first else None
-        progress = Progress(self.log, f"epoch {epoch + 1}/{self.epochs}",
-                            slow_start=slow_start) if self.log else None
+        progress = Progress(self.log, f"epoch {epoch + 1}/{self.epochs}", slow_start=slow_start,
+                            report_finish=False) if self.log else None
         try:
             record = task.run_epoch(epoch, progress)
             bad = _non_finite_losses(record)
@@ -168,7 +170,6 @@ class RunDriver:
         log_line(self.log, task.epoch_line(record))
 
     def _write_summaries(self, task, record: dict) -> None:
-        import tensorflow as tf
         writer = self.run.tensorboard_writer(getattr(task, "tensorboard_name", ""))
         step = record["epoch"]
         with writer.as_default(step=step):

@@ -100,11 +100,10 @@ def limit_malloc_arenas(count: int | None = None) -> bool:
     glibc gives threads their own arenas (up to 8 per core), and memory freed
     in one stays mapped there, so TensorFlow's peak RSS climbs while a large
     graph is optimised and first run.  ``count`` defaults to one arena per
-    inter-op thread (:func:`inter_op_threads`, two on a 2-core CPU): a
-    low-memory DARTS search (C=16, 8 layers, batch 16) then peaked at
-    2.3-2.4 GB first order and 2.5-2.8 GB second order (glibc's default: 2.4
-    and 3.0 GB), while one arena (2.1 and 2.4 GB) made second-order steps
-    10-25 % slower from lock contention (docs/benchmarks.md).  Leaves the setting
+    inter-op thread (:func:`inter_op_threads`).  Fewer arenas lower the peak
+    RSS, but one arena shared by several inter-op threads serialises their
+    allocations and slows the steps, second-order search most; one per
+    thread is the trade-off measured in docs/benchmarks.md.  Leaves the setting
     alone if ``MALLOC_ARENA_MAX`` is set (glibc has read it) and off glibc.
     Returns whether it applied.
     """
@@ -143,8 +142,8 @@ def configure_threads(intra_op: int | None = None, inter_op: int | None = None) 
 def inter_op_threads(requested: int | None = None, *, iterators_per_epoch: bool = False) -> int:
     """The inter-op pool size for a run that feeds from ``tf.data``.
 
-    One thread per core (TensorFlow's default) is the fastest here: a batch-64
-    training step took 513 ms with 2 threads and 641 ms with 8.  But
+    One thread per core (TensorFlow's default) is the fastest for these
+    networks; a bigger pool slows the training step (docs/benchmarks.md).  But
     destroying a tf.data iterator blocks inter-op threads, and with 2 threads
     long runs that made a new iterator every epoch deadlocked (seen twice;
     TF issues #10369, #48418).  Runs that keep one iterator per pipeline

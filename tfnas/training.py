@@ -102,6 +102,17 @@ def make_strategy(name: str = "default"):
     raise TrainingConfigError(f"unknown strategy {name!r}; choose from {', '.join(STRATEGIES)}")
 
 
+def replica_gradients(tape, loss, variables) -> list:
+    """The gradients of a replica's ``loss`` (zeros where a variable is not
+    used), summed over the replicas in sync: what the optimizers apply."""
+    grads = tape.gradient(loss, variables)
+    grads = [tf.zeros_like(v) if g is None else g for g, v in zip(grads, variables)]
+    ctx = tf.distribute.get_replica_context()
+    if ctx is not None and ctx.num_replicas_in_sync > 1:
+        grads = ctx.all_reduce(tf.distribute.ReduceOp.SUM, grads)
+    return grads
+
+
 # -- optimizer ----------------------------------------------------------------------
 
 class ReferenceSGD:
@@ -213,11 +224,7 @@ class Trainer:
             if aux is not None:
                 per_example = per_example + self.auxiliary_weight * cross_entropy(y, aux)
             loss = tf.nn.compute_average_loss(per_example)
-        grads = tape.gradient(loss, variables)
-        grads = [tf.zeros_like(v) if g is None else g for g, v in zip(grads, variables)]
-        ctx = tf.distribute.get_replica_context()
-        if ctx is not None and ctx.num_replicas_in_sync > 1:
-            grads = ctx.all_reduce(tf.distribute.ReduceOp.SUM, grads)
+        grads = replica_gradients(tape, loss, variables)
         grads, _ = clip_by_global_norm_like_torch(grads, self.grad_clip)
         self.optimizer.apply(grads, variables)
         return batch_sums(y, logits, per_example)

@@ -412,18 +412,63 @@ def _landscape_progress():
     return progress
 
 
-def run_landscape(args) -> int:
+def _landscape_directions(args, model, loss, batches, ignore):
+    """The directions of a new grid: towards another model, the top Hessian
+    eigenvectors (scaled to the weights' norm), then random ones."""
+    import numpy as np
+    from tfnas.probes import HessianProbe, direction_to, random_direction
+    rng = np.random.default_rng(args.seed)
+    directions = []
+    if args.towards:
+        other_model = load_target(args.towards).model
+        if args.dtype == "float64":
+            from tfnas.probes import cast_model
+            other_model = cast_model(other_model, "float64")
+        directions.append(direction_to(model, other_model))
+    if args.direction == "hessian":
+        probe = HessianProbe(model, _loss(), batches, seed=args.seed)
+        _, vectors = probe.eigenvalues(top_n=args.dims, method="lanczos", max_iter=100,
+                                       tol=1e-3, return_vectors=True)
+        scale = np.linalg.norm(loss.parameters())
+        directions.extend(v * scale for v in vectors)
+    while len(directions) < args.dims:
+        directions.append(random_direction(model, None, rng, args.normalization, ignore))
+    return directions
+
+
+def _landscape_plots(args, land, out, description) -> dict:
+    from tfnas import plots
+    paths = {}
+    title = f"{description['split']} loss, {description['num_examples']} images"
+    if land.dims == 1:
+        paths["curve"] = os.path.join(out, f"landscape_curve.{args.format}")
+        plots.plot_landscape(land, paths["curve"], title=title)
+        return paths
+    paths["contour"] = os.path.join(out, f"landscape_contour.{args.format}")
+    plots.plot_landscape(land, paths["contour"], kind="contour", title=title)
+    paths["surface"] = os.path.join(out, f"landscape_surface.{args.format}")
+    plots.plot_landscape(land, paths["surface"], kind="surface", title=title)
+    if args.gradvar:
+        paths["gradvar_surface"] = os.path.join(out, f"landscape_gradvar_surface.{args.format}")
+        plots.plot_landscape(land, paths["gradvar_surface"], quantity="mean_norm_deviation",
+                             kind="surface", title="gradient variance E‖g−ḡ‖")
+    return paths
+
+
+def _check_landscape_args(args) -> None:
     if args.points < 2:
         raise UsageError("--points must be >= 2")
     if not args.range[0] < args.range[1]:
         raise UsageError("--range MIN MAX needs MIN < MAX")
     if args.towards and args.direction == "hessian":
         raise UsageError("--towards and --direction hessian cannot be combined")
+
+
+def run_landscape(args) -> int:
+    _check_landscape_args(args)
     target, model, ds, description, out = _prepare(args)
     import numpy as np
-    from tfnas import plots
-    from tfnas.probes import (HessianProbe, ModelLoss, as_batches, direction_to, loss_landscape,
-                              random_direction)
+    from tfnas.probes import ModelLoss, as_batches, loss_landscape
     if target.saved_model and args.normalization == "filter":
         print("note: layer types are not known in a SavedModel, so depthwise kernels are normalised as "
               "ordinary kernels; use the .keras file for exact filter normalisation", file=sys.stderr)
@@ -435,44 +480,14 @@ def run_landscape(args) -> int:
         loss = ModelLoss(model, _loss())
         directions = None
         if not (args.resume and os.path.exists(checkpoint)):
-            rng = np.random.default_rng(args.seed)
-            directions = []
-            if args.towards:
-                other = load_target(args.towards)
-                other_model = other.model
-                if args.dtype == "float64":
-                    from tfnas.probes import cast_model
-                    other_model = cast_model(other_model, "float64")
-                directions.append(direction_to(model, other_model))
-            if args.direction == "hessian":
-                probe = HessianProbe(model, _loss(), batches, seed=args.seed)
-                _, vectors = probe.eigenvalues(top_n=args.dims, method="lanczos", max_iter=100,
-                                               tol=1e-3, return_vectors=True)
-                scale = np.linalg.norm(loss.parameters())
-                directions.extend(v * scale for v in vectors)
-            while len(directions) < args.dims:
-                directions.append(random_direction(model, None, rng, args.normalization, ignore))
-        progress = _landscape_progress()
+            directions = _landscape_directions(args, model, loss, batches, ignore)
         land = loss_landscape(model, _loss(), batches, directions=directions,
                               num_points=args.points, span=tuple(args.range), seed=args.seed,
                               normalization=args.normalization, ignore=ignore,
                               with_gradient_variance=args.gradvar, checkpoint=checkpoint,
-                              resume=args.resume, progress=progress, model_loss=loss)
+                              resume=args.resume, progress=_landscape_progress(), model_loss=loss)
         seconds = time.time() - t0
-        plot_paths = {}
-        title = f"{description['split']} loss, {description['num_examples']} images"
-        if land.dims == 1:
-            plot_paths["curve"] = os.path.join(out, f"landscape_curve.{args.format}")
-            plots.plot_landscape(land, plot_paths["curve"], title=title)
-        else:
-            plot_paths["contour"] = os.path.join(out, f"landscape_contour.{args.format}")
-            plots.plot_landscape(land, plot_paths["contour"], kind="contour", title=title)
-            plot_paths["surface"] = os.path.join(out, f"landscape_surface.{args.format}")
-            plots.plot_landscape(land, plot_paths["surface"], kind="surface", title=title)
-            if args.gradvar:
-                plot_paths["gradvar_surface"] = os.path.join(out, f"landscape_gradvar_surface.{args.format}")
-                plots.plot_landscape(land, plot_paths["gradvar_surface"], quantity="mean_norm_deviation",
-                                     kind="surface", title="gradient variance E‖g−ḡ‖")
+        plot_paths = _landscape_plots(args, land, out, description)
     except _probe_errors() as err:
         raise UsageError(str(err)) from None
     result = _base_result(args, target, model, description)

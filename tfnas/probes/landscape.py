@@ -234,6 +234,86 @@ def load_landscape(path) -> tuple:
     return land, directions
 
 
+def _grid(num_points, span, coords) -> np.ndarray:
+    if coords is None:
+        if int(num_points) < 2:
+            raise ProbeError(f"num_points must be >= 2, not {num_points}")
+        coords = np.linspace(float(span[0]), float(span[1]), int(num_points))
+    coords = np.asarray(coords, dtype=np.float64)
+    if coords.ndim != 1 or coords.size < 1:
+        raise ProbeError("coords must be a non-empty 1-D array")
+    return coords
+
+
+def _resumed(checkpoint, coords, loss, num_examples, with_gradient_variance):
+    """``(Landscape, flat directions)`` of an interrupted grid, checked to
+    match this call."""
+    saved, saved_dirs = load_landscape(checkpoint)
+    if not np.array_equal(saved.x, coords) or saved.meta.get("num_parameters") != loss.size \
+            or saved.meta.get("num_examples") != num_examples \
+            or bool(saved.gradient_variance) != bool(with_gradient_variance):
+        raise ProbeError(f"{checkpoint} was made with a different grid, model, data or options; "
+                         "remove it or drop --resume")
+    return saved, saved_dirs
+
+
+def _new_landscape(coords, dims, with_gradient_variance, meta) -> Landscape:
+    shape = (coords.size,) * dims
+    return Landscape(coords, coords.copy() if dims == 2 else None, np.full(shape, np.nan),
+                     np.full(shape, np.nan), np.zeros(shape, bool),
+                     {k: np.full(shape, np.nan) for k in GRADVAR_KEYS} if with_gradient_variance else {},
+                     meta)
+
+
+def _save_landscape(checkpoint, land: Landscape, flat_dirs) -> None:
+    if checkpoint is None:
+        return
+    arrays = {"x": land.x, "loss": land.loss, "accuracy": land.accuracy, "done": land.done}
+    if land.y is not None:
+        arrays["y"] = land.y
+    arrays.update({f"gv_{k}": v for k, v in land.gradient_variance.items()})
+    arrays.update({f"direction{k}": d for k, d in enumerate(flat_dirs)})
+    _save_atomic(checkpoint, arrays, land.meta)
+
+
+class _WeightMover:
+    """Moves the probed variables to ``θ + Σ step_k·d_k`` (one traced
+    function) and puts ``θ`` back."""
+
+    def __init__(self, loss: ModelLoss, flat_dirs):
+        dtype, self.dims = loss.dtype, len(flat_dirs)
+        self.theta = [np.array(v.numpy(), copy=True) for v in loss.variables]
+        self.base = [tf.Variable(t, dtype=dtype, trainable=False) for t in self.theta]
+        self.directions = [[tf.Variable(p, dtype=dtype, trainable=False) for p in loss.unflatten(d)]
+                           for d in flat_dirs]
+        self.targets = [tf_variable(v) for v in loss.variables]
+        self.move_to = tf.function(self._move_to, input_signature=[tf.TensorSpec([self.dims], dtype)])
+
+    def _move_to(self, step):
+        for i, target in enumerate(self.targets):
+            value = self.base[i]
+            for k in range(self.dims):
+                value = value + step[k] * self.directions[k][i]
+            target.assign(value)
+
+    def restore(self):
+        for target, t in zip(self.targets, self.theta):
+            target.assign(t)
+
+
+def _evaluate_point(loss: ModelLoss, batches, weights, num_examples) -> tuple:
+    """``(loss, accuracy or NaN)`` of the model as it stands, example-weighted."""
+    point_loss, correct, classifier = 0.0, 0, True
+    for w, (x, y) in zip(weights, batches):
+        batch_loss, batch_correct = loss.batch_evaluate(x, y)
+        point_loss += w * batch_loss
+        if batch_correct is None:
+            classifier = False
+        else:
+            correct += batch_correct
+    return point_loss, (correct / num_examples if classifier else np.nan)
+
+
 def loss_landscape(model, loss_fn, data, directions=None, dims: int = 2, num_points: int = 51,
                    span=(-1.0, 1.0), coords=None, variables=None, seed=0,
                    normalization: str = "filter", ignore: str | None = "biasbn",
@@ -253,23 +333,11 @@ def loss_landscape(model, loss_fn, data, directions=None, dims: int = 2, num_poi
     """
     batches = as_batches(data, max_batches)
     loss = model_loss or ModelLoss(model, loss_fn, variables, training=False)
-    if coords is None:
-        if int(num_points) < 2:
-            raise ProbeError(f"num_points must be >= 2, not {num_points}")
-        coords = np.linspace(float(span[0]), float(span[1]), int(num_points))
-    coords = np.asarray(coords, dtype=np.float64)
-    if coords.ndim != 1 or coords.size < 1:
-        raise ProbeError("coords must be a non-empty 1-D array")
-
+    coords = _grid(num_points, span, coords)
+    num_examples = sum(int(x.shape[0]) for x, _ in batches)
     saved = None
     if checkpoint is not None and resume and os.path.exists(checkpoint):
-        saved, saved_dirs = load_landscape(checkpoint)
-        if not np.array_equal(saved.x, coords) or saved.meta.get("num_parameters") != loss.size \
-                or saved.meta.get("num_examples") != sum(int(x.shape[0]) for x, _ in batches) \
-                or bool(saved.gradient_variance) != bool(with_gradient_variance):
-            raise ProbeError(f"{checkpoint} was made with a different grid, model, data or options; "
-                             "remove it or drop --resume")
-        directions = saved_dirs
+        saved, directions = _resumed(checkpoint, coords, loss, num_examples, with_gradient_variance)
     if directions is None:
         if dims not in (1, 2):
             raise ProbeError(f"dims must be 1 or 2, not {dims}")
@@ -279,9 +347,6 @@ def loss_landscape(model, loss_fn, data, directions=None, dims: int = 2, num_poi
     if not 1 <= len(directions) <= 2:
         raise ProbeError("give one or two directions")
     flat_dirs = _as_flat_directions(loss, directions)
-    dims = len(flat_dirs)
-    shape = (coords.size,) * dims
-    num_examples = sum(int(x.shape[0]) for x, _ in batches)
     meta = {"num_parameters": loss.size, "num_examples": num_examples, "num_batches": len(batches),
             "normalization": normalization, "ignore": ignore, "seed": seed if isinstance(seed, int) else None,
             "variables": [v.path for v in loss.variables]}
@@ -289,55 +354,17 @@ def loss_landscape(model, loss_fn, data, directions=None, dims: int = 2, num_poi
         land = saved
         land.meta.update(meta)
     else:
-        land = Landscape(coords, coords.copy() if dims == 2 else None, np.full(shape, np.nan),
-                         np.full(shape, np.nan), np.zeros(shape, bool),
-                         {k: np.full(shape, np.nan) for k in GRADVAR_KEYS} if with_gradient_variance else {},
-                         meta)
-
-    dtype = loss.dtype
-    theta = [np.array(v.numpy(), copy=True) for v in loss.variables]
-    base = [tf.Variable(t, dtype=dtype, trainable=False) for t in theta]
-    dir_vars = [[tf.Variable(p, dtype=dtype, trainable=False) for p in loss.unflatten(d)]
-                for d in flat_dirs]
-    targets = [tf_variable(v) for v in loss.variables]
-
-    @tf.function(input_signature=[tf.TensorSpec([dims], dtype)])
-    def move_to(step):
-        for i, target in enumerate(targets):
-            value = base[i]
-            for k in range(dims):
-                value = value + step[k] * dir_vars[k][i]
-            target.assign(value)
-
-    def save():
-        if checkpoint is None:
-            return
-        arrays = {"x": land.x, "loss": land.loss, "accuracy": land.accuracy, "done": land.done}
-        if land.y is not None:
-            arrays["y"] = land.y
-        arrays.update({f"gv_{k}": v for k, v in land.gradient_variance.items()})
-        arrays.update({f"direction{k}": d for k, d in enumerate(flat_dirs)})
-        _save_atomic(checkpoint, arrays, land.meta)
-
+        land = _new_landscape(coords, len(flat_dirs), with_gradient_variance, meta)
+    mover = _WeightMover(loss, flat_dirs)
     weights = np.array([int(x.shape[0]) for x, _ in batches], np.float64) / num_examples
-    total = int(np.prod(shape))
-    last_save = time.monotonic()
+    total, last_save = land.done.size, time.monotonic()
     try:
         for flat_index in range(total):
-            index = np.unravel_index(flat_index, shape)
+            index = np.unravel_index(flat_index, land.done.shape)
             if land.done[index]:
                 continue
-            move_to(tf.constant([coords[i] for i in index], dtype=dtype))
-            point_loss, correct, classifier = 0.0, 0, True
-            for w, (x, y) in zip(weights, batches):
-                batch_loss, batch_correct = loss.batch_evaluate(x, y)
-                point_loss += w * batch_loss
-                if batch_correct is None:
-                    classifier = False
-                else:
-                    correct += batch_correct
-            land.loss[index] = point_loss
-            land.accuracy[index] = correct / num_examples if classifier else np.nan
+            mover.move_to(tf.constant([coords[i] for i in index], dtype=loss.dtype))
+            land.loss[index], land.accuracy[index] = _evaluate_point(loss, batches, weights, num_examples)
             if with_gradient_variance:
                 stats = gradient_variance(model, loss_fn, batches, model_loss=loss)
                 for k in GRADVAR_KEYS:
@@ -346,12 +373,11 @@ def loss_landscape(model, loss_fn, data, directions=None, dims: int = 2, num_poi
             if progress is not None:
                 progress(int(land.done.sum()), total)
             if checkpoint is not None and time.monotonic() - last_save >= checkpoint_seconds:
-                save()
+                _save_landscape(checkpoint, land, flat_dirs)
                 last_save = time.monotonic()
     finally:
-        for target, t in zip(targets, theta):
-            target.assign(t)
-        save()
-    land.meta["tracing_counts"] = {"move": move_to.experimental_get_tracing_count(),
+        mover.restore()
+        _save_landscape(checkpoint, land, flat_dirs)
+    land.meta["tracing_counts"] = {"move": mover.move_to.experimental_get_tracing_count(),
                                    **loss.tracing_counts}
     return land

@@ -134,9 +134,9 @@ class BilevelSearch:
                 config.arch_beta_2, config.arch_epsilon, config.arch_weight_decay)
         # One traced network pass, reused by every pass of every step.  With a
         # low-memory network it stays a function call instead of being inlined
-        # at each call site: one copy of its graph (second order, C=16, 8
-        # layers: 3.1 instead of 3.8 GB) for more work per pass (it computes
-        # every output; measured in docs/benchmarks.md).
+        # at each call site: one copy of its graph instead of one per call
+        # site, for a lower peak, at the cost of more work per pass (a call
+        # computes every output; docs/benchmarks.md).
         attributes = {"_noinline": True} if getattr(model, "low_memory", False) else None
         self._pass = tf.function(self._pass_impl, reduce_retracing=True, autograph=False,
                                  experimental_attributes=attributes)
@@ -183,10 +183,9 @@ class BilevelSearch:
 
         Traced once and called for every pass of every step: callers use only
         some outputs, and TensorFlow prunes the rest from each call (see the
-        module docstring; measured: a first-order step costs the same as with one trace per
-        kind of pass), while one trace instead of two cut the first-order
-        graph from ~124k to ~85k ops (first call 317 s -> ~270 s, peak
-        5.1 -> 4.1 GB together with the BN and unstack changes)."""
+        module docstring), so tracing once costs no step time and gives a
+        smaller graph, a shorter first call and a lower peak than one trace
+        per kind of pass (docs/benchmarks.md, DARTS search)."""
         with tf.GradientTape() as tape:
             tape.watch(weights)
             tape.watch(alphas)

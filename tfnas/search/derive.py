@@ -13,6 +13,7 @@ import numpy as np
 
 from tfnas.genotypes import Genotype
 from tfnas.space import DARTS_SPACE, CellSpace
+from tfnas.topology import summarize
 
 __all__ = ["softmax", "derive_cell", "derive_genotype", "genotype_record"]
 
@@ -61,7 +62,6 @@ def derive_genotype(alphas_normal, alphas_reduce, space: CellSpace = DARTS_SPACE
 def genotype_record(genotype: Genotype) -> dict:
     """JSON-ready ``{genotype, repr, normal_width, normal_depth, reduce_width,
     reduce_depth}`` (width in units of c)."""
-    from tfnas.topology import summarize
     summary = summarize(genotype)
     return {"genotype": genotype.to_dict(), "repr": genotype.to_repr(),
             **{k: v for k, v in summary.items() if k != "name"}}

@@ -39,7 +39,7 @@ from tfnas.search.enas_child import EnasChild
 from tfnas.search.enas_controller import (EnasController, Reinforce, ReinforceConfig,
                                           arch_to_genotype, resolve_sampling_space)
 from tfnas.topology import cell_depth, cell_width
-from tfnas.training import ReferenceSGD
+from tfnas.training import ReferenceSGD, replica_gradients
 
 __all__ = ["cosine_restart_learning_rate", "SharedChildSearch", "EnasSearch", "topology_stats"]
 
@@ -110,11 +110,7 @@ class SharedChildSearch(SearchMethod):
                 logits = self.child((x, arch), training=True)
                 per_example = cross_entropy(y, logits)
                 loss = tf.nn.compute_average_loss(per_example)
-            grads = tape.gradient(loss, variables)
-            grads = [tf.zeros_like(v) if g is None else g for g, v in zip(grads, variables)]
-            ctx = tf.distribute.get_replica_context()
-            if ctx is not None and ctx.num_replicas_in_sync > 1:
-                grads = ctx.all_reduce(tf.distribute.ReduceOp.SUM, grads)
+            grads = replica_gradients(tape, loss, variables)
             clipped, norm = tf.clip_by_global_norm(grads, cfg.grad_clip)
             self.optimizer.apply(grads if cfg.reference_unclipped else clipped, variables)
             return batch_sums(y, logits, per_example), norm

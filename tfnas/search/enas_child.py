@@ -37,8 +37,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfnas.networks import CellNetwork, dense_classifier
-from tfnas.ops import (BatchNorm, FactorizedReduce, ReLUConvBN, depthwise_conv2d, max_pool_3x3,
-                       tf_variable)
+from tfnas.ops import (BatchNorm, FactorizedReduce, ReLUConvBN, depthwise_conv2d, max_pool_3x3)
 from tfnas.operations import operation_spec
 from tfnas.plan import cell_plan
 from tfnas.search.enas_controller import resolve_sampling_space
@@ -80,10 +79,28 @@ def _conv_stack(spec, x, weights):
     return x
 
 
+def _recomputed_conv_stack(spec):
+    """:func:`_conv_stack` whose backward pass recomputes its forward pass."""
+    @tf.custom_gradient
+    def conv(x, *weights):
+        def gradient(dy):
+            inputs = [x, *weights]
+            with tf.GradientTape() as tape:
+                tape.watch(inputs)
+                y = _conv_stack(spec, x, list(weights))
+            return tape.gradient(y, inputs, output_gradients=dy)
+        return _conv_stack(spec, x, list(weights)), gradient
+    return conv
+
+
 def _operation(spec, x, index, weights):
     """Operation ``spec`` on ``x`` with the weights of input ``index`` (a branch)."""
     if spec.family in ("sep_conv", "dil_conv"):
-        return lambda: _conv_stack(spec, x, [tf.gather(w, index) for w in weights])
+        # Recomputed in the backward pass: its only intermediates are then its
+        # inputs, so the other branches of the switch fill no zeros for them.
+        # tf.identity: the branch's own copy of x (a custom gradient may only
+        # refer to tensors of the branch's graph).
+        return lambda: _recomputed_conv_stack(spec)(tf.identity(x), *[tf.gather(w, index) for w in weights])
     if spec.family == "skip":
         return lambda: tf.identity(x)
     if spec.pool == "max":
@@ -153,8 +170,14 @@ class SharedOperand(keras.layers.Layer):
             self.conv_weights[spec.name] = weights
 
     def call(self, x, input_index, op_index):
-        weights = [tf_variable(w) for spec in self.specs for stack in self.conv_weights.get(spec.name, ())
+        weights = [tf.convert_to_tensor(w) for spec in self.specs for stack in self.conv_weights.get(spec.name, ())
                    for w in stack]
+        if tf.executing_eagerly():
+            # The shared function is for graphs: a custom gradient in a switch
+            # in a function first traced under an eager tape gave zero
+            # gradients to later graph callers (tested).
+            specs = [operation_spec(name) for name in self.operations]
+            return _run_operand(specs, x, input_index, op_index, *weights)
         return _operand_function(self.operations)(x, input_index, op_index, *weights)
 
     def compute_output_shape(self, input_shape):

@@ -90,18 +90,23 @@ class ArchitectureError(GenotypeError):
 
 def resolve_sampling_space(space) -> CellSpace:
     """A :class:`CellSpace` from itself, a name in :data:`SAMPLING_SPACES` or
-    a :meth:`CellSpace.to_dict` mapping."""
-    if isinstance(space, CellSpace):
-        return space
+    a :meth:`CellSpace.to_dict` mapping.  ``none`` is dropped from the
+    operations: a sampled edge always carries an operation (a DARTS space
+    with 4 nodes becomes :data:`DARTS_SAMPLING_SPACE`)."""
     if isinstance(space, str):
         if space not in SAMPLING_SPACES:
             raise ValueError(f"unknown sampling space {space!r}; "
                              f"known: {', '.join(SAMPLING_SPACES)}")
         return SAMPLING_SPACES[space]
     if isinstance(space, dict):
-        return CellSpace.from_dict(space)
-    raise ValueError(f"a sampling space is a CellSpace, a name or a dict, "
-                     f"not {type(space).__name__}")
+        space = CellSpace.from_dict(space)
+    if not isinstance(space, CellSpace):
+        raise ValueError(f"a sampling space is a CellSpace, a name or a dict, "
+                         f"not {type(space).__name__}")
+    if "none" in space.operations:
+        space = CellSpace(tuple(op for op in space.operations if op != "none"), space.num_nodes,
+                          space.concat)
+    return space
 
 
 def is_convolution(op: str) -> bool:
@@ -256,8 +261,27 @@ class _SamplerCache:
         return self._impl(n)
 
 
+class _Sampling:
+    """The sampling interface of the controller and the uniform sampler
+    (both keep a :class:`_SamplerCache` as ``_sampler``)."""
+
+    @property
+    def sampling_trace_count(self) -> int:
+        return self._sampler.trace_count
+
+    def sample(self):
+        """``(arch, log_prob, entropy)``: arch int32 (2, 4N), scalars."""
+        arch, log_prob, entropy = self._sampler(1)
+        return arch[0], log_prob[0], entropy[0]
+
+    def sample_many(self, n):
+        """``n`` independent architectures: (n, 2, 4N), (n,), (n,); one
+        trace serves every ``n`` and :meth:`sample`."""
+        return self._sampler(n)
+
+
 @_register
-class EnasController(keras.Model):
+class EnasController(_Sampling, keras.Model):
     """The ENAS micro-search controller (see the module docstring).
 
     ``space``: a :class:`CellSpace`, ``"enas"`` or ``"darts"``.
@@ -321,19 +345,6 @@ class EnasController(keras.Model):
         """2 input-node steps plus 5 steps per node, per cell."""
         return 2 * (2 + 5 * self.space.num_nodes)
 
-    @property
-    def sampling_trace_count(self) -> int:
-        return self._sampler.trace_count
-
-    def sample(self):
-        """``(arch, log_prob, entropy)``: arch int32 (2, 4N), scalars."""
-        arch, log_prob, entropy = self._sampler(1)
-        return arch[0], log_prob[0], entropy[0]
-
-    def sample_many(self, n):
-        """``n`` independent architectures: (n, 2, 4N), (n,), (n,); one
-        trace serves every ``n`` and :meth:`sample`."""
-        return self._sampler(n)
 
     def evaluate(self, arch):
         """``(log_prob, entropy, probabilities)`` of ``arch`` (2, 4N) or a batch
@@ -477,7 +488,7 @@ class EnasController(keras.Model):
         return choice, chosen, entropy, probs
 
 
-class UniformSampler(tf.Module):
+class UniformSampler(_Sampling, tf.Module):
     """Every decision uniform over its choices (random search with weight
     sharing, Li & Talwalkar 2019), with the controller's sampling interface;
     every architecture of the space has the same probability."""
@@ -490,16 +501,6 @@ class UniformSampler(tf.Module):
         self._entropy = 2 * sum(math.log(k) for k in self._sizes)
         self._sampler = _SamplerCache(self._sample)
 
-    @property
-    def sampling_trace_count(self) -> int:
-        return self._sampler.trace_count
-
-    def sample(self):
-        arch, log_prob, entropy = self._sampler(1)
-        return arch[0], log_prob[0], entropy[0]
-
-    def sample_many(self, n):
-        return self._sampler(n)
 
     def evaluate(self, arch):
         """``(log_prob, entropy, probabilities)`` as :meth:`EnasController.evaluate`."""

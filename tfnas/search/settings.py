@@ -160,12 +160,12 @@ _SHARED_CHILD_PRESETS = {
     # + 2 reduction cells), every training batch, 30 controller updates.
     "paper": dict(epochs=150, batch_size=160, init_channels=20, layers=8, steps_per_epoch=0,
                   eval_batches=0, validation=0.1),
-    # Minutes on a 2-core CPU (e.g. cifar10-mini): C=8, 5 layers, 20 child
-    # steps of 32 images and 5 controller updates per epoch, 20 derivation samples.
-    "small": dict(epochs=3, batch_size=32, init_channels=8, layers=5, steps_per_epoch=20,
+    # Minutes on a 2-core CPU (e.g. cifar10-mini): C=8, 5 layers, 50 child
+    # steps of 32 images and 10 controller updates per epoch, 20 derivation samples.
+    "small": dict(epochs=4, batch_size=32, init_channels=8, layers=5, steps_per_epoch=50,
                   eval_batches=0, validation=0.1),
 }
-_SMALL_CONTROLLER = dict(controller_updates=5, derive_samples=20)
+_SMALL_CONTROLLER = dict(controller_updates=10, derive_samples=20)
 METHODS = {
     "darts": MethodInfo(DartsConfig, "tfnas.search.darts", _DARTS_PRESETS),
     "enas": MethodInfo(EnasConfig, "tfnas.search.enas", _SHARED_CHILD_PRESETS, "enas",
