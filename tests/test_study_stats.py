@@ -63,5 +63,10 @@ def test_correlate_row_and_verdicts():
     small = stats.correlate([1, 2, 3, 4], [2, 1, 4, 3], "width", "y", resamples=200)
     small_text = stats.describe(small, "kendall")
     assert "With only 4 cells" in small_text and "τ = +0.33" in small_text
+    unsure = {**small, "spearman": -0.2, "ci_low": -0.7, "ci_high": 0.4}
+    assert "against the paper's direction, but not established" in stats.describe(unsure, expected_sign=+1)
+    none = {**small, "spearman": -0.001}
+    text = stats.describe(none, y_label="λ_max", expected_sign=+1)
+    assert "shows no rank correlation" in text and "ρ = 0.00" in text and "paper" not in text
     flat = stats.correlate([1, 2, 3, 4, 5, 6], [1, 1, 1, 1, 1, 1], "width", "y")
     assert flat["spearman"] is None and "undefined" in stats.describe(flat)

@@ -77,7 +77,7 @@ def _probe_flags(p) -> None:
     g = p.add_argument_group("probes and read-out")
     g.add_argument("--probe-epochs", default="final",
                    help="epochs to probe, e.g. 1,5,final (their checkpoints are kept; default final)")
-    g.add_argument("--probe-images", default="1000", help="first N images of the split, or 'all' (default 1000)")
+    g.add_argument("--probe-images", default="1000", help="N images of the split (a seeded sample, the same for every cell), or 'all' (default 1000)")
     g.add_argument("--probe-split", default="test", help="split to probe (default test)")
     g.add_argument("--probe-batch", type=int, default=100,
                    help="batch size of the probes; the gradient variance's batch size (default 100)")

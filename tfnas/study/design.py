@@ -76,7 +76,7 @@ class ProbeSettings:
 
     epochs: list = field(default_factory=lambda: [FINAL])   # ints (from 1) and/or "final"
     split: str = "test"
-    images: int | None = 1000         # first N images of the split (None: all)
+    images: int | None = 1000         # a seeded sample of N images of the split (None: all)
     batch_size: int = 100             # also the gradient variance's batch size
     hessian_weights: str = "rank2"    # rank2: weights of rank > 1 (the authors'); all
     top_n: int = 2                    # top eigenvalues (largest algebraic)
@@ -117,7 +117,7 @@ class ProbeSettings:
 class AnalysisSettings:
     """How the results are read (may change between runs of a study)."""
 
-    early_epoch: int | None = None    # what a NAS algorithm sees; default min(5, max(1, epochs // 4))
+    early_epoch: int | None = None    # what a NAS algorithm sees; default min(5, max(2, epochs // 4)), before the last
     target_loss: float | None = None  # default: the highest of the cells' best test losses
     resamples: int = 2000             # bootstrap resamples
     level: float = 0.95
@@ -125,7 +125,8 @@ class AnalysisSettings:
     def early(self, epochs: int) -> int:
         if self.early_epoch:
             return min(int(self.early_epoch), epochs)
-        return min(5, max(1, epochs // 4))
+        # at least two epochs: the early test-loss area is then a curve, not one point
+        return max(1, min(5, max(2, epochs // 4), epochs - 1))
 
 
 @dataclass

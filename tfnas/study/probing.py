@@ -1,8 +1,8 @@
 """The probes of one trained model of a study, at one epoch.
 
 :func:`probe_run` loads a checkpoint of a training run
-(:func:`tfnas.loading.load_trained_model`), takes the first images of a
-split in their fixed order, and measures, BN in inference mode and drop
+(:func:`tfnas.loading.load_trained_model`), takes a seeded sample of a split
+(the same images for every cell and epoch), and measures, BN in inference mode and drop
 path off (the model as evaluated; it is never changed):
 
 - ``hessian``: lambda_max, lambda_min and lambda_min / lambda_max (Li et
@@ -45,16 +45,13 @@ def landscape_path(run_dir: str, epoch: int) -> str:
     return os.path.join(run_dir, PROBE_DIR, f"landscape-epoch-{int(epoch):03d}.npz")
 
 
-def probe_data(config: dict, split: str, images: int | None, batch_size: int):
-    """The first ``images`` of ``split`` of the run's data set, in order,
-    as a list of eager ``(x, y)`` batches."""
+def probe_data(config: dict, split: str, images: int | None, batch_size: int, seed: int = 0):
+    """``images`` of ``split`` of the run's data set (a seeded sample, the
+    same for every cell and epoch) as a list of eager ``(x, y)`` batches."""
     from tfnas.data import open_dataset
     from tfnas.probes import as_batches
     source = open_dataset(config["dataset"], config.get("data_dir"), validation=config.get("validation", 0))
-    ds = source.dataset(split, batch_size, shuffle=False, epoch=0)
-    if images is not None:
-        ds = ds.unbatch().take(int(images)).batch(batch_size)
-    return as_batches(ds)
+    return as_batches(source.sample(split, images, batch_size, seed))
 
 
 def _loss():
@@ -106,7 +103,7 @@ def probe_run(run_dir: str, epoch: int, probe, landscape: bool, split: str = "te
     model = loaded.model
     if hasattr(model, "drop_path_prob"):
         model.drop_path_prob.assign(0.0)
-    batches = probe_data(loaded.config, split, probe.images, probe.batch_size)
+    batches = probe_data(loaded.config, split, probe.images, probe.batch_size, probe.seed)
     result = {"run_dir": os.path.abspath(run_dir), "epoch": int(epoch), "checkpoint": checkpoint,
               "split": split, "num_examples": sum(int(x.shape[0]) for x, _ in batches),
               "batch_size": probe.batch_size, "bn_mode": "inference", "seconds": {}}
@@ -119,7 +116,7 @@ def probe_run(run_dir: str, epoch: int, probe, landscape: bool, split: str = "te
     if landscape:
         t0 = time.time()
         land_batches = batches if probe.landscape_images == probe.images else \
-            probe_data(loaded.config, split, probe.landscape_images, probe.batch_size)
+            probe_data(loaded.config, split, probe.landscape_images, probe.batch_size, probe.seed)
         os.makedirs(os.path.dirname(landscape_path(run_dir, epoch)), exist_ok=True)
         result["landscape"] = _landscape(model, land_batches, probe, landscape_path(run_dir, epoch))
         result["landscape"]["num_examples"] = sum(int(x.shape[0]) for x, _ in land_batches)

@@ -126,19 +126,30 @@ def _point4(row, table) -> str:
 
 
 def _timings(manifest) -> dict:
+    """The work (every finished job's seconds, from its status file: it
+    counts whichever session ran it) and the orchestration overhead (wall
+    time outside jobs) of the finished one-job-at-a-time sessions."""
+    from tfnas.study.jobs import plan_jobs, read_status
     sessions = manifest.data.get("sessions", [])
     finished = [s for s in sessions if s.get("finished")]
-    wall = sum(s.get("wall_seconds", 0.0) for s in finished)
-    work = sum(s.get("job_seconds", 0.0) for s in finished)
+    work = {"train": 0.0, "probe": 0.0}
+    for train, probes in plan_jobs(manifest):
+        for job in [train] + probes:
+            status = read_status(manifest.dir, job) or {}
+            if status.get("state") == "done":
+                work[job.kind] += float(status.get("seconds", 0.0))
     sequential = [s for s in finished if "overhead_seconds" in s]
     overhead = sum(s["overhead_seconds"] for s in sequential)
+    seq_wall = sum(s["wall_seconds"] for s in sequential)
     return {"sessions": sessions, "finished_sessions": len(finished),
-            "interrupted_sessions": len(sessions) - len(finished), "wall_seconds": wall,
-            "job_seconds": work, "train_seconds": sum(s.get("train_seconds", 0.0) for s in finished),
-            "probe_seconds": sum(s.get("probe_seconds", 0.0) for s in finished),
+            "interrupted_sessions": len(sessions) - len(finished),
+            "job_seconds": work["train"] + work["probe"], "train_seconds": work["train"],
+            "probe_seconds": work["probe"],
             "overhead_seconds": overhead if sequential else None,
-            "overhead_fraction": overhead / sum(s["wall_seconds"] for s in sequential)
-            if sequential and sum(s["wall_seconds"] for s in sequential) > 0 else None}
+            "session_overhead_fraction": overhead / seq_wall if seq_wall > 0 else None,
+            # the study's time = all its work + the measured orchestration
+            "overhead_fraction": overhead / (overhead + work["train"] + work["probe"])
+            if sequential and overhead + work["train"] + work["probe"] > 0 else None}
 
 
 def _fmt(key: str, value) -> str:
@@ -194,8 +205,9 @@ def _setup_lines(table, timings) -> list:
              f"{config['epochs']} epochs, batch {config['batch_size']}, auxiliary head "
              f"{'on' if config['auxiliary'] else 'off'}, cutout {config['cutout']}, drop path "
              f"{config['drop_path_prob']}) on {s['dataset']}" + (", deterministic" if s["deterministic"] else ""),
-             f"Probes on the first {probe['images'] or 'all'} images of the {probe['split']} split, batch "
-             f"{probe['batch_size']} (the gradient variance's batch size), BN in inference mode, at epochs "
+             (f"Probes on {probe['images']} images of the {probe['split']} split (a sample fixed by seed {probe['seed']}, "
+              "the same for every cell), batch " if probe["images"] else f"Probes on the whole {probe['split']} split, batch ")
+             + f"{probe['batch_size']} (the gradient variance's batch size), BN in inference mode, at epochs "
              f"{', '.join(map(str, table['probe_epochs']))}; Hessian over "
              + ("the weights of rank > 1 (biases and BN parameters excluded, as the authors)"
                 if probe["hessian_weights"] == "rank2" else "all trainable variables")
@@ -208,17 +220,20 @@ def _setup_lines(table, timings) -> list:
              f"Convergence speed: epochs to reach test loss {table['target_loss']:.4g} ({table['target_loss_rule']}),"
              f" and the mean test loss over epochs 1–{table['early_epoch']}; 'early' accuracy is that after epoch "
              f"{table['early_epoch']}" if table["target_loss"] is not None else "Convergence speed: no complete run yet"]
-    if timings["wall_seconds"]:
+    if timings["job_seconds"]:
         over = timings["overhead_fraction"]
-        lines.append(f"Time: {timings['wall_seconds'] / 60:.1f} min over {timings['finished_sessions']} finished "
-                     f"session(s) ({timings['interrupted_sessions']} interrupted), training "
-                     f"{timings['train_seconds'] / 60:.1f} min, probes {timings['probe_seconds'] / 60:.1f} min"
-                     + (f", orchestration overhead {100 * over:.1f}%" if over is not None else ""))
-    unconverged = [c["name"] for c in table["cells"] if c.get("hessian_converged") is False]
-    if unconverged:
-        lines.append(f"Lanczos did not reach its tolerance for {len(unconverged)} cell(s) "
-                     f"({', '.join(unconverged[:6])}{'…' if len(unconverged) > 6 else ''}): their λ values carry "
-                     "the residuals recorded in the probe files")
+        lines.append(f"Time: {timings['job_seconds'] / 60:.1f} min of work (training "
+                     f"{timings['train_seconds'] / 60:.1f} min, probes {timings['probe_seconds'] / 60:.1f} min)"
+                     + (f"; orchestration {timings['overhead_seconds']:.0f} s ({100 * over:.1f}% of the study's "
+                        f"time) over {timings['finished_sessions']} finished session(s)" if over is not None else "")
+                     + (f", {timings['interrupted_sessions']} session(s) interrupted"
+                        if timings["interrupted_sessions"] else ""))
+    for key, symbol in (("lambda_max", "λ_max"), ("lambda_min", "λ_min")):
+        names = [c["name"] for c in table["cells"] if key in c.get("unconverged", ())]
+        if names:
+            lines.append(f"{symbol} did not reach Lanczos's tolerance for {len(names)} of {len(table['cells'])} "
+                         f"cell(s) ({', '.join(names[:4])}{'…' if len(names) > 4 else ''}): approximate there, "
+                         "its relative residual is in the probe files (raise --hessian-iter)")
     return lines
 
 

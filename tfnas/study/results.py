@@ -31,7 +31,7 @@ __all__ = ["collect", "PROBE_KEYS", "NUMERIC_KEYS"]
 
 PROBE_KEYS = ("top_eigenvalue", "lambda_min", "eigen_ratio", "trace", "trace_standard_error",
               "gradient_variance", "gradient_sq_variance", "gradient_norm", "probe_loss",
-              "hessian_converged")
+              "hessian_converged", "unconverged")
 NUMERIC_KEYS = ("final_test_acc", "final_test_loss", "final_train_acc", "final_train_loss",
                 "early_test_acc", "early_test_loss", "early_auc", "epochs_to_target")
 
@@ -46,6 +46,8 @@ def _probe_row(result: dict) -> dict:
             "gradient_sq_variance": gv.get("mean_sq_deviation"),
             "gradient_norm": gv.get("mean_gradient_norm"),
             "hessian_converged": extremes.get("converged"),
+            "unconverged": sorted(k for k, r in extremes.get("residuals", {}).items()
+                                  if r is not None and not r <= extremes.get("tol", 0.0)),
             "top_eigenvalues": hessian.get("top", {}).get("eigenvalues")}
 
 
@@ -122,6 +124,7 @@ def _cell_rows(manifest: Manifest, runs: list) -> list:
             row[key] = _mean(r.get(key) for r in mine if r["complete"])
         converged = [r.get("hessian_converged") for r in mine if r.get("hessian_converged") is not None]
         row["hessian_converged"] = all(converged) if converged else None
+        row["unconverged"] = sorted({k for r in mine for k in r.get("unconverged", ())})
         cells.append(row)
     return cells
 

@@ -146,9 +146,13 @@ def describe(row: dict, statistic: str = "spearman", x_label: str | None = None,
     n = row["n"]
     if value is None:
         return f"{x_label} vs {y_label}: undefined over {n} cell(s) (a constant or missing variable)."
-    direction = "rises" if value > 0 else "falls"
-    text = (f"{y_label} {direction} with {x_label}: {strength(value)} "
-            f"{'positive' if value > 0 else 'negative'} rank correlation ({symbol} = {value:+.2f}")
+    if round(value, 2) == 0:   # printed as 0.00: neither direction
+        value = 0.0
+        text = f"{y_label} shows no rank correlation with {x_label} ({symbol} = 0.00"
+    else:
+        direction = "rises" if value > 0 else "falls"
+        text = (f"{y_label} {direction} with {x_label}: {strength(value)} "
+                f"{'positive' if value > 0 else 'negative'} rank correlation ({symbol} = {value:+.2f}")
     if low is None:
         text += f", n = {n}, no confidence interval)"
     else:
@@ -162,8 +166,10 @@ def describe(row: dict, statistic: str = "spearman", x_label: str | None = None,
             text += "; as the paper predicts"
         elif agrees:
             text += "; in the paper's direction, but not established at this scale"
-        else:
+        elif established:
             text += "; against the paper's prediction"
+        else:
+            text += "; against the paper's direction, but not established at this scale"
     text = text[0].upper() + text[1:] + "."
     if n < MIN_N:
         text += f" With only {n} cells this says little either way."
