@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import time
 
 from tfnas.study.design import Manifest
 from tfnas.study.jobs import job_done, run_job

@@ -19,6 +19,7 @@ import os
 
 import matplotlib
 import numpy as np
+from matplotlib.ticker import MaxNLocator
 
 from tfnas import diagrams, plots
 from tfnas.genotypes import Genotype
@@ -132,6 +133,10 @@ def _scatter_panel(ax, cells, x_key, y_key, label, row):
     ax.scatter(x[~base] + jitter[~base], y[~base], s=22, color=plots.LOSS_COLOR, alpha=0.8)
     ax.scatter(x[base], y[base], s=70, marker="*", color=plots.ACCURACY_COLOR, label="base cell")
     ax.set_xlabel(f"normal cell {x_key}" + (" (c)" if x_key == "width" else " (edges)"))
+    if x_key == "depth":   # counts: whole-number ticks
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    if y_key == "epochs_to_target":
+        ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel(label, fontsize=7)
     ax.set_title(_correlation_text(row), fontsize=8)
 
@@ -148,7 +153,7 @@ def _scatter(table, correlations, out_dir):
             ax = fig.add_subplot(2, len(rows), i * len(rows) + j + 1)
             _scatter_panel(ax, table["cells"], x_key, key, label, by_pair.get((x_key, key)))
     fig.suptitle("Cell width and depth against convergence, accuracy and smoothness "
-                 "(Spearman ρ, bootstrap CI)")
+                 "(Spearman ρ, bootstrap CI; ★ the base cell)")
     return _save(fig, out_dir, "scatter")
 
 
