@@ -92,12 +92,14 @@ def _surfaces(landscapes, out_dir):
     for i, (name, land) in enumerate(landscapes):
         ax = fig.add_subplot(rows, cols, i + 1, projection="3d")
         xx, yy = np.meshgrid(land["x"], land["y"], indexing="ij")
-        z = _array(land["gradient_variance"]["mean_norm_deviation"])
+        # log scale: the variance grows by orders of magnitude towards the
+        # corners, which would flatten the basin on a linear axis
+        z = np.log10(np.maximum(_array(land["gradient_variance"]["mean_norm_deviation"]), 1e-12))
         ax.plot_surface(xx, yy, z, cmap=plots.CMAP, linewidth=0, antialiased=True)
         ax.set_title(name)
         ax.tick_params(labelsize=6, pad=0)
         ax.view_init(elev=30, azim=-60)
-    fig.suptitle("Gradient variance E‖g−ḡ‖ over the same grid")
+    fig.suptitle("Gradient variance over the loss-landscape grid: log10 E‖g−ḡ‖")
     return _save(fig, out_dir, "gradvar_surfaces")
 
 
@@ -110,7 +112,7 @@ def _per_cell(landscapes, out_dir):
         if "gradient_variance" in land:
             fig = plots.plot_surface(land["x"], land["y"],
                                      _array(land["gradient_variance"]["mean_norm_deviation"]),
-                                     title=f"{name}: gradient variance", zlabel="E‖g−ḡ‖")
+                                     title=f"{name}: gradient variance", zlabel="log10 E‖g−ḡ‖", log=True)
             _save(fig, os.path.join(out_dir, "cells"), f"{safe}_gradvar_surface")
 
 
