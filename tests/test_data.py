@@ -56,8 +56,20 @@ def test_test_split_pipeline_is_normalised_and_ordered(mini):
     np.testing.assert_allclose(x, expect, atol=1e-5)
 
 
+def test_a_probe_sample_has_every_class_and_is_fixed_by_its_seed(mini):
+    # the folder's test images are listed class by class: the first 160 are one class
+    first = np.concatenate([y.numpy() for _, y in mini.dataset("test", 40, shuffle=False, epoch=0).take(4)])
+    assert len(set(first.tolist())) == 1
+    labels = lambda seed: np.concatenate([y.numpy() for _, y in mini.sample("test", 160, 40, seed)])
+    sample = labels(0)
+    assert len(sample) == 160 and len(set(sample.tolist())) == 10
+    np.testing.assert_array_equal(sample, labels(0))
+    assert not np.array_equal(sample, labels(1))
+    x, _ = next(iter(mini.sample("test", 8, 8)))
+    assert x.shape == (8, 32, 32, 3) and abs(float(x.numpy().mean())) < 1.0   # normalised, not augmented
+
+
 def test_augmentation_crop_flip_cutout(mini):
-    raw = mini.arrays("train")[0]
     ds = mini.dataset("train", 256, augment=True, cutout=16, seed=3, epoch=0)
     x, y = next(iter(ds))
     x = x.numpy()

@@ -176,3 +176,40 @@ def test_every_keras_variable_round_trips(tmp_path):
     assert len(model.variables) == len(other.variables) == 7
     for a, b in zip(model.variables, other.variables):
         np.testing.assert_array_equal(a.numpy(), b.numpy())
+
+
+def test_checkpoints_of_kept_steps_survive_rotation(tmp_path):
+    run = RunDir(tmp_path / "run")
+    model = _model()
+    for epoch in range(1, 7):
+        run.save_checkpoint({"model": model}, {"epoch": epoch}, step=epoch, keep=2, keep_steps=(1, 3))
+    names = sorted(n for n in os.listdir(run.checkpoint_dir) if n.startswith("ckpt-"))
+    assert names == ["ckpt-000001", "ckpt-000003", "ckpt-000005", "ckpt-000006"]
+    assert run.checkpoint_path(3) == os.path.join(run.checkpoint_dir, "ckpt-000003")
+    assert run.restore_checkpoint({"model": model}, path=run.checkpoint_path(1))["epoch"] == 1
+
+
+def test_run_driver_keeps_the_checkpoints_of_kept_epochs(tmp_path):
+    from tfnas.runner import RunDriver
+
+    class Task:
+        tensorboard_name = ""
+
+        def __init__(self):
+            self.step = tf.Variable(0)
+
+        def trackables(self):
+            return {"step": self.step}
+
+        def run_epoch(self, epoch, progress):
+            self.step.assign_add(1)
+            return {"train_loss": 1.0 / (epoch + 1)}
+
+        def epoch_line(self, record):
+            return str(record["epoch"])
+
+    run = RunDir(tmp_path / "run")
+    driver = RunDriver(run, epochs=5, meta={}, summaries=False, keep_epochs=(2,))
+    driver.run_epochs(Task(), 0)
+    names = sorted(n for n in os.listdir(run.checkpoint_dir) if n.startswith("ckpt-"))
+    assert names == ["ckpt-000002", "ckpt-000004", "ckpt-000005"]

@@ -7,7 +7,6 @@ the unrolled network given the same values, eager and under
 import numpy as np
 import pytest
 
-import keras
 import tensorflow as tf
 
 from tfnas.ops import batch_norm_layers

@@ -162,6 +162,11 @@ def test_presets_and_config():
     assert (paper.lr, paper.momentum, paper.weight_decay, paper.grad_clip) == (0.025, 0.9, 3e-4, 5.0)
     study = training.TrainConfig.from_preset("study")
     assert not study.auxiliary and study.cutout == 0 and study.drop_path_prob == 0
+    # the authors' variant scripts: batch 80 (not DARTS's 96)
+    assert (study.init_channels, study.layers, study.epochs, study.batch_size) == (36, 20, 600, 80)
+    study_small = training.TrainConfig.from_preset("study-small")
+    assert study_small.batch_size == 80 and not study_small.auxiliary and study_small.drop_path_prob == 0
+    assert study_small.cutout == 0 and study_small.init_channels < 16
     small = training.TrainConfig.from_preset("small", epochs=3, lr=None)
     assert small.epochs == 3 and small.lr == 0.025 and small.init_channels == 16
     with pytest.raises(training.TrainingConfigError, match="unknown preset"):

@@ -32,9 +32,16 @@ PRESETS = {
     # The paper's final-model training (DARTS train.py with --auxiliary --cutout).
     "paper": dict(_REFERENCE, init_channels=36, layers=20, epochs=600, batch_size=96,
                   auxiliary=True, cutout=16, drop_path_prob=0.2),
-    # The variant studies: same network, no cutout / aux / drop path.
-    "study": dict(_REFERENCE, init_channels=36, layers=20, epochs=600, batch_size=96,
+    # The variant studies (the authors' scripts): same network, batch 80, no
+    # cutout / aux / drop path.
+    "study": dict(_REFERENCE, init_channels=36, layers=20, epochs=600, batch_size=80,
                   auxiliary=False, cutout=0, drop_path_prob=0.0),
+    # The study's setting shrunk for a 2-core CPU and cifar10-mini, so that
+    # 13 cells (12 stratified variants of DARTS_V2 and the base) train and
+    # are probed in about two hours (analyze.py study; measured times:
+    # docs/benchmarks.md): C=8, 5 cells (3 normal ones), 6 epochs.
+    "study-small": dict(_REFERENCE, init_channels=8, layers=5, epochs=6, batch_size=80,
+                        auxiliary=False, cutout=0, drop_path_prob=0.0),
     # Sized for a 2-core CPU and cifar10-mini (10k images) in about half an
     # hour: a C=16, 8-layer network, batch 64, no aux, cutout or drop path
     # (drop path slows a short run's convergence).  Measured times and

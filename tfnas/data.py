@@ -420,6 +420,17 @@ class ImageData:
         return ds.with_options(options).prefetch(tf.data.AUTOTUNE)
 
 
+    def sample(self, split: str, count: int | None, batch_size: int, seed: int = 0):
+        """``count`` images of ``split`` (all: ``None``), not augmented, as
+        batches: the first ones of a seeded shuffle, so every class is
+        represented (folder data sets list the images class by class) and
+        every call with the same seed gives the same images in the same order."""
+        ds = self.dataset(split, batch_size, shuffle=True, seed=seed, epoch=0)
+        if count is not None:
+            ds = ds.unbatch().take(int(count)).batch(batch_size)
+        return ds
+
+
 class BatchStream:
     """Passes of a fixed number of batches over one long-lived iterator.
 

@@ -16,7 +16,8 @@ Public API
     ``.append_metrics(dict)`` (fsynced JSON line) / ``.read_metrics()`` /
     ``.rewind_metrics(key, last)`` (drop records past a checkpoint on resume);
     ``.tensorboard_writer(name="")`` (a cached ``tf.summary`` file writer);
-    ``.save_checkpoint(trackables, state, step)`` -> path;
+    ``.save_checkpoint(trackables, state, step, keep=2, keep_steps=())`` -> path;
+    ``.checkpoint_path(step)``;
     ``.restore_checkpoint(trackables, expect=None)`` -> state dict or ``None``
     when there is no checkpoint; ``.has_checkpoint()``; ``.latest_checkpoint()``.
 
@@ -207,15 +208,22 @@ class RunDir:
         names = self._complete_checkpoints()
         return os.path.join(self.checkpoint_dir, names[-1]) if names else None
 
+    def checkpoint_path(self, step: int) -> str:
+        """Where the checkpoint of ``step`` is (or would be)."""
+        return os.path.join(self.checkpoint_dir, f"{_PREFIX}-{int(step):06d}")
+
     def has_checkpoint(self) -> bool:
         try:
             return self.latest_checkpoint() is not None
         except CheckpointError:
             return True
 
-    def save_checkpoint(self, trackables: dict, state: dict, step: int, keep: int = 2) -> str:
+    def save_checkpoint(self, trackables: dict, state: dict, step: int, keep: int = 2,
+                        keep_steps=()) -> str:
         """Write an atomic checkpoint of ``trackables`` plus the JSON ``state``;
-        returns its directory.  ``step`` (e.g. the epoch) names it."""
+        returns its directory.  ``step`` (e.g. the epoch) names it.  The
+        newest ``keep`` checkpoints survive, and those of ``keep_steps``
+        (e.g. the early epochs a study probes) are never deleted."""
         import tensorflow as tf
 
         os.makedirs(self.checkpoint_dir, exist_ok=True)
@@ -242,8 +250,9 @@ class RunDir:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
         atomic_write_text(os.path.join(self.checkpoint_dir, "latest"), name + "\n")
+        kept = {f"{_PREFIX}-{int(s):06d}" for s in keep_steps}
         for old in self._complete_checkpoints()[:-keep] if keep > 0 else []:
-            if old != name:
+            if old != name and old not in kept:
                 shutil.rmtree(os.path.join(self.checkpoint_dir, old), ignore_errors=True)
         for entry in os.listdir(self.checkpoint_dir):  # leftovers of crashed saves
             if entry.startswith(".tmp-") and not entry.endswith(f"-{os.getpid()}") \

@@ -99,12 +99,15 @@ class RunDriver:
 
     ``meta`` is what a checkpoint must match to be resumed; ``log`` gets one
     line per epoch (``None``: silent; a non-chief worker); ``summaries``
-    False writes no TensorBoard events (a non-chief worker)."""
+    False writes no TensorBoard events (a non-chief worker).  The newest
+    ``keep_checkpoints`` checkpoints are kept, and those of the epochs in
+    ``keep_epochs`` (counted from 1) for good."""
 
     def __init__(self, run: RunDir, *, epochs: int, meta: dict, log=None, summaries: bool = True,
-                 keep_checkpoints: int = 2):
+                 keep_checkpoints: int = 2, keep_epochs=()):
         self.run, self.epochs, self.meta = run, int(epochs), meta
         self.log, self.summaries, self.keep = log, summaries, keep_checkpoints
+        self.keep_epochs = tuple(int(e) for e in keep_epochs)
         self.history: list = []
 
     def restore(self, trackables: dict, resume: bool) -> int:
@@ -161,7 +164,8 @@ class RunDriver:
             task.after_epoch(self.run, record)
         state = {"epoch": epoch + 1, "meta": self.meta, "python_rng": capture_python_rng(),
                  **(task.checkpoint_state() if hasattr(task, "checkpoint_state") else {})}
-        self.run.save_checkpoint(task.trackables(), state, step=epoch + 1, keep=self.keep)
+        self.run.save_checkpoint(task.trackables(), state, step=epoch + 1, keep=self.keep,
+                                 keep_steps=self.keep_epochs)
         self.history.append(record)
         log_line(self.log, task.epoch_line(record))
 

@@ -454,13 +454,16 @@ def _parameter_line(genotype, config, counts) -> str:
 
 
 def train(config: TrainConfig, out_dir: str, *, resume: bool = False, export_dir: str | None = None,
-          log=sys.stdout, stop_after_epochs: int | None = None, strategy=None) -> dict:
+          log=sys.stdout, stop_after_epochs: int | None = None, strategy=None,
+          keep_epochs=()) -> dict:
     """Train ``config`` into run directory ``out_dir`` and export the model.
 
     ``resume=True`` continues from the directory's latest checkpoint (the
     stored config is used, except ``epochs`` and ``strategy`` which may be
     changed).  ``stop_after_epochs`` ends the process-level loop early (for
-    tests).  Returns a summary dict (final metrics, paths, parameter
+    tests).  The checkpoints of the epochs in ``keep_epochs`` (from 1) are
+    kept for good (e.g. to probe them later), besides the newest two.
+    Returns a summary dict (final metrics, paths, parameter
     counts).  Library errors: ``GenotypeError``, ``DatasetError``,
     ``CheckpointError``, ``ValueError``, :class:`TrainingDivergedError`.
     """
@@ -485,7 +488,7 @@ def train(config: TrainConfig, out_dir: str, *, resume: bool = False, export_dir
               "params": count_parameters(model, auxiliary=False)}
     log_line(log, _parameter_line(genotype, config, counts))
     driver = RunDriver(run, epochs=config.epochs, meta=config.checkpoint_meta(info), log=log,
-                       summaries=is_chief)
+                       summaries=is_chief, keep_epochs=keep_epochs)
     start = driver.restore(trainer.trackables(), resume)
     if not resume:
         run.write_config(config.to_dict())

@@ -16,6 +16,7 @@ SUBCOMMAND_MODULES = (
     "tfnas.cli.analyze_topology",   # topology, variants
     "tfnas.cli.analyze_probes",     # hessian, gradvar, landscape
     "tfnas.cli.analyze_drift",      # drift
+    "tfnas.cli.analyze_study",      # study
 )
 
 

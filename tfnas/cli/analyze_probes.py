@@ -100,7 +100,7 @@ def _common(p, bn_mode=True) -> None:
     p.add_argument("--dataset", help="dataset spec (cifar10, cifar100, folder:PATH); default: the run's")
     p.add_argument("--data-dir", help="tfds data directory (default: the run's)")
     p.add_argument("--split", default="test", help="split to probe (default test)")
-    p.add_argument("--max-images", type=int, help="use the first N images of the split (default all)")
+    p.add_argument("--max-images", type=int, help="use N images of the split, a sample fixed by --seed with every class in it (default all)")
     p.add_argument("--batch-size", type=int, default=100, help="batch size (default 100)")
     p.add_argument("--dtype", choices=("float32", "float64"), default="float32",
                    help="probe a float64 copy of the model for accurate curvature (slower)")
@@ -149,10 +149,9 @@ def load_data(args, target: Target):
     data_dir = args.data_dir or target.config.get("data_dir")
     validation = target.config.get("validation", 0)
     source = data_lib.open_dataset(spec, data_dir, validation=validation)
-    ds = source.dataset(args.split, args.batch_size, shuffle=False, epoch=0)
+    ds = source.sample(args.split, args.max_images, args.batch_size, args.seed)
     total = source.info.num_examples.get(args.split)
     if args.max_images is not None:
-        ds = ds.unbatch().take(args.max_images).batch(args.batch_size)
         total = min(total, args.max_images) if total is not None else args.max_images
     return ds, {"dataset": source.info.name, "split": args.split, "num_examples": total,
                 "batch_size": args.batch_size}
