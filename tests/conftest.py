@@ -2,6 +2,8 @@
 
 import os
 import pathlib
+import signal
+import time
 
 from tfnas.runtime import quiet_tensorflow
 
@@ -38,3 +40,21 @@ def private_cache(tmp_path_factory):
         os.environ.pop("TFNAS_CACHE_DIR", None)
     else:
         os.environ["TFNAS_CACHE_DIR"] = old
+
+
+def kill_at_first_checkpoint(proc, run_dir: str, timeout: float = 600) -> bool:
+    """SIGKILL ``proc`` (a run writing into ``run_dir``) as soon as its first
+    checkpoint exists; whether one was written."""
+    latest = os.path.join(run_dir, "checkpoints", "latest")
+    deadline = time.time() + timeout
+    while not os.path.exists(latest) and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    return os.path.exists(latest)
+
+
+@pytest.fixture(scope="session")
+def kill_at_checkpoint():
+    """:func:`kill_at_first_checkpoint`, for tests and their fixtures."""
+    return kill_at_first_checkpoint

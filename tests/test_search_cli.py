@@ -3,10 +3,8 @@ and train.py accepting the derived genotype."""
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 
 import pytest
 
@@ -49,7 +47,7 @@ def _final_alphas(run_dir):
 
 
 @pytest.mark.slow
-def test_killed_search_resumes_to_the_same_alphas(tmp_path, cifar_mini, capsys):
+def test_killed_search_resumes_to_the_same_alphas(tmp_path, cifar_mini, capsys, kill_at_checkpoint):
     data = ["--dataset", f"folder:{cifar_mini}"]
     straight = str(tmp_path / "straight")
     run = subprocess.run([sys.executable, os.path.join(REPO, "search.py")] + TINY + data
@@ -66,13 +64,7 @@ def test_killed_search_resumes_to_the_same_alphas(tmp_path, cifar_mini, capsys):
     proc = subprocess.Popen([sys.executable, os.path.join(REPO, "search.py")] + TINY + data
                             + ["--epochs", "2", "--out", killed],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=REPO)
-    latest = os.path.join(killed, "checkpoints", "latest")
-    deadline = time.time() + 600
-    while not os.path.exists(latest) and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert os.path.exists(latest)
+    assert kill_at_checkpoint(proc, killed)
     # Resume in a fresh process too: search.py sets its thread pools at start,
     # and float reductions depend on them, so every compared epoch must run
     # under the same settings (the pytest process's TF is already set up).

@@ -4,10 +4,8 @@ thread pools at start)."""
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
@@ -39,7 +37,7 @@ def _checkpoint_tensors(run):
 
 
 @pytest.fixture(scope="module")
-def enas_runs(cifar_mini, tmp_path_factory):
+def enas_runs(cifar_mini, tmp_path_factory, kill_at_checkpoint):
     """An uninterrupted 2-epoch ENAS search and the same search killed after
     its first checkpoint, started together (tracing overlaps on 2 cores)."""
     base = tmp_path_factory.mktemp("enas")
@@ -49,12 +47,7 @@ def enas_runs(cifar_mini, tmp_path_factory):
                     stderr=subprocess.PIPE, text=True)
     second = _search([*args, "--out", killed], cifar_mini, stdout=subprocess.DEVNULL,
                      stderr=subprocess.DEVNULL)
-    latest = os.path.join(killed, "checkpoints", "latest")
-    deadline = time.time() + 600
-    while not os.path.exists(latest) and second.poll() is None and time.time() < deadline:
-        time.sleep(0.05)
-    second.send_signal(signal.SIGKILL)
-    second.wait()
+    kill_at_checkpoint(second, killed)
     out, err = first.communicate(timeout=900)
     assert first.returncode == 0, err
     return straight, killed, json.loads(out)
