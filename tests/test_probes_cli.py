@@ -76,7 +76,9 @@ def test_hessian_and_gradvar_on_a_keras_file(keras_file, tiny_folder, tmp_path, 
     assert result["trace_standard_error"] > 0 and result["num_examples"] == 20
     assert result["trace_method"] == "hutchinson" and 10 <= result["hvps_trace"] <= 100
     extremes = result["extremes"]
-    assert extremes["lambda_max"] >= max(result["eigenvalues"]) and extremes["lambda_min"] <= min(result["eigenvalues"])
+    # two Lanczos runs, each converged to a relative residual of 1e-3: equal within that
+    top, bottom = max(result["eigenvalues"]), min(result["eigenvalues"])
+    assert extremes["lambda_max"] >= top - 1e-3 * abs(top) and extremes["lambda_min"] <= bottom + 1e-3 * abs(bottom)
     assert extremes["ratio"] == pytest.approx(extremes["lambda_min"] / extremes["lambda_max"])
     assert all(r <= 1e-3 for r in result["residuals"] + list(extremes["residuals"].values()))
     assert result["eigenvalues_converged"] and extremes["converged"] and result["hvps_eigenvalues"] <= 30
