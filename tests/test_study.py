@@ -216,3 +216,23 @@ def test_the_ray_path_gives_the_local_results(tiny_study, tmp_path):
         assert a["name"] == b["name"]
         for key in PER_CELL:
             assert a[key] == pytest.approx(b[key], rel=1e-6), (a["name"], key)
+
+
+@pytest.mark.slow
+def test_a_process_pool_gives_the_local_results(tiny_study, tmp_path):
+    # Two cells (the base and its widest variant) on two worker processes;
+    # the base cell's numbers equal the tiny study's (deterministic, one
+    # intra-op thread in every process).
+    from tfnas.study.results import collect
+    from tfnas.study.run import run_study
+    settings = Manifest(str(tiny_study)).load().settings
+    settings.variants, settings.per_band = ["widest"], 1
+    outcome = run_study(str(tmp_path / "pool"), settings, workers=2, log=None, report=False)
+    assert outcome["session"]["executor"] == "pool"
+    assert [r["state"] for r in outcome["results"]] == ["done"] * 4
+    local = collect(str(tiny_study))["cells"][0]
+    pooled = collect(str(tmp_path / "pool"))["cells"]
+    assert [c["name"] for c in pooled] == ["DARTS_V2", "DARTS_V2_WIDEST"]
+    for key in PER_CELL:
+        assert pooled[0][key] == pytest.approx(local[key], rel=1e-6), key
+
