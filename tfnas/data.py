@@ -419,7 +419,6 @@ class ImageData:
             tf.data.experimental.AutoShardPolicy.DATA
         return ds.with_options(options).prefetch(tf.data.AUTOTUNE)
 
-
     def sample(self, split: str, count: int | None, batch_size: int, seed: int = 0):
         """``count`` images of ``split`` (all: ``None``), not augmented, as
         batches: the first ones of a seeded shuffle, so every class is

@@ -14,10 +14,12 @@ import sys
 from tfnas.cli.common import UsageError, flags_set, parse_seed_range, print_json
 
 # Flags -> StudySettings fields (to refuse changing a stored study by name).
-_DESIGN_FIELDS = {"genotype": "genotype", "variants": "variants", "per_band": "per_band",
-                  "bands": "bands", "design_seed": "design_seed", "variant_seeds": "variant_seeds",
-                  "compare": "compare", "seeds": "seeds", "preset": "preset", "dataset": "dataset",
-                  "data_dir": "data_dir", "deterministic": "deterministic"}
+# flag destination -> the top-level StudySettings field it sets (the rest: "probe")
+_FIELDS = {"genotype": "genotype", "variants": "variants", "per_band": "per_band",
+           "bands": "bands", "design_seed": "design_seed", "variant_seeds": "variant_seeds",
+           "compare": "compare", "seeds": "seeds", "preset": "preset", "dataset": "dataset",
+           "data_dir": "data_dir", "deterministic": "deterministic",
+           "early_epoch": "analysis", "target_loss": "analysis"}
 _OVERRIDES = ("epochs", "init_channels", "layers", "batch_size")
 
 
@@ -164,12 +166,7 @@ def _given_fields(args) -> set:
     given = set()
     for flag in flags:
         dest = flag.split("/")[0].lstrip("-").replace("-", "_")
-        if dest in _OVERRIDES:
-            given.add("overrides")
-        elif dest in ("early_epoch", "target_loss"):
-            given.add("analysis")
-        else:
-            given.add(_DESIGN_FIELDS.get(dest, "probe"))
+        given.add("overrides" if dest in _OVERRIDES else _FIELDS.get(dest, "probe"))
     return given
 
 

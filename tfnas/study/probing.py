@@ -45,13 +45,15 @@ def landscape_path(run_dir: str, epoch: int) -> str:
     return os.path.join(run_dir, PROBE_DIR, f"landscape-epoch-{int(epoch):03d}.npz")
 
 
-def probe_data(config: dict, split: str, images: int | None, batch_size: int, seed: int = 0):
-    """``images`` of ``split`` of the run's data set (a seeded sample, the
-    same for every cell and epoch) as a list of eager ``(x, y)`` batches."""
+def probe_data(config: dict, split: str, sizes, batch_size: int, seed: int = 0) -> list:
+    """For each image count in ``sizes`` (``None``: all), that many images of
+    ``split`` of the run's data set (a seeded sample, the same for every cell
+    and epoch) as a list of eager ``(x, y)`` batches; the data set is opened
+    once."""
     from tfnas.data import open_dataset
     from tfnas.probes import as_batches
     source = open_dataset(config["dataset"], config.get("data_dir"), validation=config.get("validation", 0))
-    return as_batches(source.sample(split, images, batch_size, seed))
+    return [as_batches(source.sample(split, n, batch_size, seed)) for n in sizes]
 
 
 def _loss():
@@ -103,7 +105,10 @@ def probe_run(run_dir: str, epoch: int, probe, landscape: bool, split: str = "te
     model = loaded.model
     if hasattr(model, "drop_path_prob"):
         model.drop_path_prob.assign(0.0)
-    batches = probe_data(loaded.config, split, probe.images, probe.batch_size, probe.seed)
+    sizes = [probe.images] + ([probe.landscape_images] if landscape and probe.landscape_images != probe.images
+                              else [])
+    samples = probe_data(loaded.config, split, sizes, probe.batch_size, probe.seed)
+    batches = samples[0]
     result = {"run_dir": os.path.abspath(run_dir), "epoch": int(epoch), "checkpoint": checkpoint,
               "split": split, "num_examples": sum(int(x.shape[0]) for x, _ in batches),
               "batch_size": probe.batch_size, "bn_mode": "inference", "seconds": {}}
@@ -115,8 +120,7 @@ def probe_run(run_dir: str, epoch: int, probe, landscape: bool, split: str = "te
     result["seconds"]["gradient_variance"] = time.time() - t0
     if landscape:
         t0 = time.time()
-        land_batches = batches if probe.landscape_images == probe.images else \
-            probe_data(loaded.config, split, probe.landscape_images, probe.batch_size, probe.seed)
+        land_batches = samples[-1]
         os.makedirs(os.path.dirname(landscape_path(run_dir, epoch)), exist_ok=True)
         result["landscape"] = _landscape(model, land_batches, probe, landscape_path(run_dir, epoch))
         result["landscape"]["num_examples"] = sum(int(x.shape[0]) for x, _ in land_batches)
