@@ -119,3 +119,24 @@ def test_the_setting_is_in_the_configs():
     clone = NetworkCIFAR.from_config(model.get_config())
     assert clone.cells[0].preprocess1.conv.kernels == "standard"
     assert NetworkCIFAR("DARTS_V2", init_channels=4, layers=3).kernels == "auto"
+
+
+@pytest.mark.slow
+def test_a_low_memory_supernet_computes_the_same_under_both_policies():
+    # the loops' max pools recompute their gradient only under the cpu policy
+    from tfnas.search.supernet import SearchNetwork
+    from tfnas.space import ENAS_SPACE, CellSpace
+    space = CellSpace.from_dict(dict(ENAS_SPACE.to_dict(), num_nodes=1))
+    x = tf.constant(np.random.RandomState(3).randn(2, 8, 8, 3), tf.float32)
+    y = tf.constant([0, 4])
+    tuned, standard = _same_weights_pair(
+        lambda k: SearchNetwork(C=4, layers=3, num_classes=5, space=space, alpha_seed=1,
+                                low_memory=True, kernels=k), (None, 8, 8, 3))
+    results = []
+    for model in (tuned, standard):
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(
+                y, model(x, training=True)))
+        results.append([loss, *tape.gradient(loss, model.trainable_variables)])
+    for a, b in zip(*results):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-3, atol=1e-5)

@@ -367,6 +367,7 @@ class SearchNetwork(CellNetwork):
     only), ``False`` the differentiable path that second-order search with
     ``hessian="exact"`` needs.  The two alpha tables are drawn independently
     (``alpha_seed`` and ``alpha_seed + 1`` when a seed is given).
+    ``kernels`` (a :mod:`tfnas.kernels` setting) goes to every operation.
     """
 
     def __init__(self, C=16, layers=8, num_classes=10, space=DARTS_SPACE, bn_fused=None,
