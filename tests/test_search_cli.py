@@ -23,6 +23,7 @@ TINY = ["--method", "darts", "--order", "1", "--nodes", "1", "--init-channels", 
     (["--epochs", "0"], "--epochs must be >= 1"),
     (["--order", "2", "--hessian", "exact", "--low-memory"], "use hessian fd"),
     (["--dataset", "folder:/nonexistent/data", "--out", "unused"], "error:"),
+    (["--method", "enas", "--kernels", "cpu"], "--kernels does not apply to --method enas"),
 ])
 def test_bad_input_is_one_line(argv, message, capsys, tmp_path):
     argv = [a if a != "unused" else str(tmp_path / "run") for a in argv]
@@ -38,6 +39,7 @@ def test_dry_run_json_reports_sizes(capsys):
     assert out["alphas"] == 2 * 5 * 8  # 2 cell types x 5 edges x 8 operations
     assert out["alpha_shape"] == [5, 8]
     assert out["weights"] > 0 and out["space"]["num_nodes"] == 2
+    assert out["kernels"]["name"] == "cpu" and out["kernels"]["pointwise_matmul"]   # auto on a CPU
 
 
 def _final_alphas(run_dir):

@@ -33,6 +33,9 @@ def test_bad_settings_are_one_line_errors():
         SearchSettings.from_preset("small", method="nas")
     with pytest.raises(SearchSettingsError, match="use hessian fd"):
         SearchSettings.from_preset("small", order=2, hessian="exact", low_memory=True)
+    with pytest.raises(SearchSettingsError, match="kernels must be one of auto, cpu, standard"):
+        SearchSettings.from_preset("small", kernels="gpu")
+    assert SearchSettings.from_preset("small", kernels="standard").config.kernels == "standard"
 
 
 def test_a_config_written_before_method_config_reads_as_darts():

@@ -179,3 +179,84 @@ def test_presets_and_config():
         training.TrainConfig.from_preset("small", early_crop=-1, early_crop_epochs=2).validate()
     again = training.TrainConfig.from_dict(small.to_dict())
     assert again == small and not math.isnan(again.lr)
+    with pytest.raises(training.TrainingConfigError, match="kernels must be one of auto, cpu, standard"):
+        training.TrainConfig(kernels="gpu").validate()
+
+
+def test_kernel_and_precision_flags_reach_the_network_spec():
+    from tfnas.cli.train import _config_from_args, build_parser
+    from tfnas.data import DatasetInfo
+    config, _ = _config_from_args(build_parser().parse_args(
+        ["--genotype", "DARTS_V2", "--kernels", "standard", "--mixed-precision"]))
+    info = DatasetInfo("x", 10, (32, 32, 3), {}, (0.5,) * 3, (0.25,) * 3)
+    spec = config.network_spec(info)
+    assert (spec.kernels, spec.mixed_precision) == ("standard", True)
+    default, _ = _config_from_args(build_parser().parse_args(["--genotype", "DARTS_V2"]))
+    assert (default.kernels, default.mixed_precision) == ("auto", False)
+
+
+# -- mixed precision --------------------------------------------------------------------
+
+def test_reference_sgd_skips_a_step_when_told():
+    w = tf.Variable([1.0, -2.0])
+    opt = training.ReferenceSGD(0.1, momentum=0.9, weight_decay=0.01)
+    opt.build([w])
+    opt.apply([tf.constant([0.5, 0.5])], [w])
+    after_one = (w.numpy().copy(), opt.buffers[0].numpy().copy())
+    opt.apply([tf.constant([np.inf, np.nan])], [w], apply_if=tf.constant(False))
+    np.testing.assert_array_equal(w.numpy(), after_one[0])
+    np.testing.assert_array_equal(opt.buffers[0].numpy(), after_one[1])
+    opt.apply([tf.constant([0.5, 0.5])], [w], apply_if=tf.constant(True))
+    assert not np.array_equal(w.numpy(), after_one[0])
+
+
+def test_dynamic_loss_scale_halves_on_overflow_and_grows_after_good_steps():
+    scale = training.DynamicLossScale(initial_scale=8.0, growth_steps=2)
+    grads, finite = scale.unscaled([tf.constant([8.0, 16.0])])
+    np.testing.assert_array_equal(grads[0].numpy(), [1.0, 2.0])
+    assert bool(finite)
+    _, finite = scale.unscaled([tf.constant([np.inf])])
+    assert not bool(finite)
+    scale.update(tf.constant(False))
+    assert float(scale.scale.numpy()) == 4.0
+    for expected in (4.0, 8.0):
+        scale.update(tf.constant(True))
+        assert float(scale.scale.numpy()) == expected
+
+
+@pytest.mark.slow
+def test_mixed_precision_network_trains_a_step_in_float16_with_float32_bn_logits_and_loss():
+    from tfnas.config import NetworkSpec
+    from tfnas.genotypes import zoo_genotype
+    from tfnas.networks import build_network
+    from tfnas.ops import BatchNorm, batch_norm_layers
+    genotype = zoo_genotype("DARTS_V2")
+    keras.utils.set_random_seed(0)
+    spec = NetworkSpec({**genotype.to_dict(), "name": "DARTS_V2"}, 4, 3, 10, (32, 32, 3),
+                       auxiliary=True, mixed_precision=True)   # the head needs 8x8 after two reductions
+    model = build_network(spec)
+    assert model.compute_dtype == "float16" and model.cells[0].compute_dtype == "float16"
+    assert {v.dtype for v in model.variables if "float" in v.dtype} == {"float32"}
+    bns = batch_norm_layers(model)
+    assert bns and all(bn.moving_mean.dtype == "float32" for bn in bns)
+    # BN normalises half-precision inputs with float32 statistics
+    x16 = tf.cast(tf.random.stateless_normal((2, 4, 4, 3), (0, 1)) * 300.0 + 1000.0, tf.float16)
+    for fused in (None, False):
+        bn = BatchNorm(fused=fused, dtype="mixed_float16")
+        y = bn(x16, training=True)
+        assert y.dtype == tf.float16 and np.all(np.isfinite(y.numpy()))
+        np.testing.assert_allclose(tf.reduce_mean(tf.cast(y, tf.float32), [0, 1, 2]).numpy(), 0, atol=1e-2)
+    rng = np.random.RandomState(0)
+    x, y = rng.randn(8, 32, 32, 3).astype(np.float32), rng.randint(0, 10, 8).astype(np.int32)
+    ds = tf.data.Dataset.from_tensor_slices((x, y)).batch(4)
+    logits, aux = model.call_with_aux(x, training=True)
+    assert logits.dtype == tf.float32 and aux.dtype == tf.float32
+    assert model(x, training=False).dtype == tf.float32
+    trainer = training.Trainer(model, tf.distribute.get_strategy(), lr=0.05, loss_scale=True)
+    assert "loss_scale" in trainer.trackables()
+    before = [v.numpy().copy() for v in model.trainable_variables]
+    result = trainer.train_epoch(ds)
+    assert math.isfinite(result["loss"])
+    # a step that overflows is skipped and halves the scale; then the weights move
+    assert float(trainer.loss_scale.scale.numpy()) in (2.0 ** 14, 2.0 ** 15)
+    assert any(not np.array_equal(v.numpy(), b) for v, b in zip(model.trainable_variables, before))

@@ -58,10 +58,12 @@ class Cell(keras.layers.Layer):
     (so both inputs have the same resolution), else by ReLU-1x1 conv-BN;
     input 1 by ReLU-1x1 conv-BN.  In a reduction cell the edges leaving the
     two input nodes have stride 2.  Drop path applies to every edge output
-    except identities.
+    except identities.  ``kernels``: the :mod:`tfnas.kernels` setting of
+    every operation.
     """
 
-    def __init__(self, cell, channels, reduction=False, reduction_prev=False, affine=True, **kwargs):
+    def __init__(self, cell, channels, reduction=False, reduction_prev=False, affine=True,
+                 kernels="auto", **kwargs):
         super().__init__(**kwargs)
         if isinstance(cell, dict):
             cell = _genotypes.Cell(cell["edges"], cell["concat"])
@@ -70,17 +72,19 @@ class Cell(keras.layers.Layer):
         self.cell = cell
         self.channels = int(channels)
         self.reduction, self.reduction_prev, self.affine = bool(reduction), bool(reduction_prev), bool(affine)
+        self.kernels = kernels
         sub = dict(dtype=self.dtype_policy)
+        ops_kw = dict(sub, kernels=kernels)
         if self.reduction_prev:
-            self.preprocess0 = FactorizedReduce(self.channels, affine=self.affine, name="preprocess0", **sub)
+            self.preprocess0 = FactorizedReduce(self.channels, affine=self.affine, name="preprocess0", **ops_kw)
         else:
-            self.preprocess0 = ReLUConvBN(self.channels, 1, 1, affine=self.affine, name="preprocess0", **sub)
-        self.preprocess1 = ReLUConvBN(self.channels, 1, 1, affine=self.affine, name="preprocess1", **sub)
+            self.preprocess0 = ReLUConvBN(self.channels, 1, 1, affine=self.affine, name="preprocess0", **ops_kw)
+        self.preprocess1 = ReLUConvBN(self.channels, 1, 1, affine=self.affine, name="preprocess1", **ops_kw)
         self.edge_ops = []
         for j, (op, index) in enumerate(cell.edges):
             stride = 2 if self.reduction and index < 2 else 1
             self.edge_ops.append(make_operation(op, self.channels, stride, self.affine,
-                                                layer_name=f"edge{j}_{op}_from{index}", **sub))
+                                                layer_name=f"edge{j}_{op}_from{index}", **ops_kw))
         self.drop_path = DropPath(name="drop_path", **sub)
 
     @property
@@ -135,4 +139,4 @@ class Cell(keras.layers.Layer):
         return {**super().get_config(),
                 "cell": {"edges": [list(e) for e in self.cell.edges], "concat": list(self.cell.concat)},
                 "channels": self.channels, "reduction": self.reduction,
-                "reduction_prev": self.reduction_prev, "affine": self.affine}
+                "reduction_prev": self.reduction_prev, "affine": self.affine, "kernels": self.kernels}

@@ -15,10 +15,11 @@ import dataclasses
 import math
 from dataclasses import asdict, dataclass, field
 
+from tfnas.kernels import KERNEL_CHOICES
 from tfnas.resolve import genotype_from_config
 
-__all__ = ["PRESETS", "STRATEGIES", "STEM_CHOICES", "TrainConfig", "TrainingConfigError",
-           "NetworkSpec", "MODEL_FIELDS", "stem_for"]
+__all__ = ["PRESETS", "STRATEGIES", "STEM_CHOICES", "KERNEL_CHOICES", "TrainConfig",
+           "TrainingConfigError", "NetworkSpec", "MODEL_FIELDS", "stem_for"]
 
 
 class TrainingConfigError(ValueError):
@@ -65,7 +66,8 @@ def stem_for(stem: str, image_shape) -> str:
 
 @dataclass(frozen=True)
 class NetworkSpec:
-    """An evaluation network: genotype (a dict with ``name``), size, head, stem."""
+    """An evaluation network: genotype (a dict with ``name``), size, head, stem,
+    the kernel policy's setting (:mod:`tfnas.kernels`) and mixed precision."""
 
     genotype: dict
     init_channels: int
@@ -74,6 +76,8 @@ class NetworkSpec:
     image_shape: tuple
     auxiliary: bool = False
     stem: str = "cifar"
+    kernels: str = "auto"
+    mixed_precision: bool = False
 
 
 @dataclass
@@ -109,6 +113,8 @@ class TrainConfig:
     inter_op_threads: int | None = None
     histogram_every: int = 10       # weight histograms every N epochs (and the last)
     stem: str = "auto"              # cifar | imagenet64 | auto (imagenet64 for 64x64 images)
+    kernels: str = "auto"           # auto (by device) | cpu (CPU-tuned) | standard (TensorFlow's): tfnas.kernels
+    mixed_precision: bool = False   # Keras' mixed_float16 (for GPUs); BN, logits and loss in float32
     # Filled in when the run starts: the resolved genotype (so the run keeps
     # its cell even if the file it came from changes).
     genotype_resolved: dict = field(default_factory=dict)
@@ -143,6 +149,8 @@ class TrainConfig:
             problems.append("early_crop and early_crop_epochs go together: give both or neither")
         if self.stem not in STEM_CHOICES:
             problems.append(f"stem must be auto, cifar or imagenet64 (got {self.stem!r})")
+        if self.kernels not in KERNEL_CHOICES:
+            problems.append(f"kernels must be one of {', '.join(KERNEL_CHOICES)} (got {self.kernels!r})")
         if self.strategy not in STRATEGIES:
             problems.append(f"strategy must be one of {', '.join(STRATEGIES)} (got {self.strategy!r})")
         if problems:
@@ -169,7 +177,8 @@ class TrainConfig:
         genotype = self.resolved_genotype()
         return NetworkSpec({**genotype.to_dict(), "name": genotype.name}, int(self.init_channels),
                            int(self.layers), int(info.num_classes), tuple(info.image_shape),
-                           bool(self.auxiliary), stem_for(self.stem, info.image_shape))
+                           bool(self.auxiliary), stem_for(self.stem, info.image_shape),
+                           self.kernels, bool(self.mixed_precision))
 
     def checkpoint_meta(self, info) -> dict:
         """What a checkpoint of this run must match to be resumed."""

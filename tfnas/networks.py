@@ -22,14 +22,20 @@ import keras
 import tensorflow as tf
 
 from tfnas.cells import Cell
-from tfnas.ops import BatchNorm, conv_initializer, pad_symmetric
+from tfnas.ops import BatchNorm, check_kernels, conv_initializer, pad_symmetric
 from tfnas.plan import STEM_MULTIPLIER, STEMS, genotype_plan, parameter_counts  # noqa: F401
 from tfnas.resolve import genotype_from_config, resolve_genotype
 
 __all__ = ["AuxiliaryHeadCIFAR", "CellNetwork", "NetworkCIFAR", "STEMS", "count_parameters",
-           "parameter_counts", "dense_classifier", "build_network"]
+           "parameter_counts", "dense_classifier", "float32_logits", "build_network"]
 
 _register = keras.saving.register_keras_serializable(package="tfnas")
+
+
+def float32_logits(logits):
+    """Logits in float32: under mixed precision the loss and softmax must not
+    run in float16 (a no-op for float32, and float64 stays float64)."""
+    return tf.cast(logits, tf.float32) if logits.dtype in (tf.float16, tf.bfloat16) else logits
 
 
 def dense_classifier(units, fan_in, dtype=None, name="classifier", use_bias=True):
@@ -73,7 +79,7 @@ class AuxiliaryHeadCIFAR(keras.layers.Layer):
         x = tf.nn.avg_pool2d(tf.nn.relu(inputs), 5, 3, "VALID")
         x = tf.nn.relu(self.bn_1(self.conv_1(x), training=training))
         x = tf.nn.relu(self.bn_2(self.conv_2(x), training=training))
-        return self.classifier(tf.reshape(x, [-1, 768]))
+        return float32_logits(self.classifier(tf.reshape(x, [-1, 768])))
 
     def compute_output_shape(self, input_shape):
         return (input_shape[0], self.num_classes)
@@ -90,13 +96,16 @@ class CellNetwork(keras.Model):
     tensors the next cell reads; the ENAS child's reduction cells differ).
 
     Layers are created in the order stem, cells, auxiliary head, classifier
-    (checkpoints list variables in that order)."""
+    (checkpoints list variables in that order).  ``kernels`` is the
+    :mod:`tfnas.kernels` setting subclasses give their cells' operations;
+    under a mixed dtype policy the logits are float32."""
 
     def __init__(self, init_channels, layers, num_classes, plan, stem="cifar", stem_bn_fused=None,
-                 **kwargs):
+                 kernels="auto", **kwargs):
         super().__init__(**kwargs)
         if stem not in STEMS:
             raise ValueError(f"unknown stem {stem!r}; choose from {', '.join(STEMS)}")
+        self.kernels = check_kernels(kernels)
         self.init_channels, self.num_layers = int(init_channels), int(layers)
         self.num_classes, self.stem_kind = int(num_classes), stem
         self.plan = plan
@@ -135,7 +144,7 @@ class CellNetwork(keras.Model):
 
     def classify(self, features, training):
         """Logits from the last cell's output: global average pooling, linear."""
-        return self.classifier(tf.reduce_mean(features, axis=[1, 2]))
+        return float32_logits(self.classifier(tf.reduce_mean(features, axis=[1, 2])))
 
     # -- the skeleton -----------------------------------------------------------------
     def _stem_input_shape(self, shape):
@@ -246,7 +255,7 @@ class NetworkCIFAR(CellNetwork):
     def make_cell(self, slot):
         kind = "reduce" if slot.reduction else "normal"
         return Cell(self.genotype.cell(kind), slot.channels, slot.reduction, slot.reduction_prev,
-                    dtype=self.dtype_policy, name=f"cell{slot.index}_{kind}")
+                    kernels=self.kernels, dtype=self.dtype_policy, name=f"cell{slot.index}_{kind}")
 
     def build_cell(self, cell, s0_shape, s1_shape):
         cell.build([s0_shape, s1_shape])
@@ -273,7 +282,8 @@ class NetworkCIFAR(CellNetwork):
         return {**super().get_config(), "genotype": {**self.genotype.to_dict(), "name": self.genotype.name},
                 "init_channels": self.init_channels, "layers": self.num_layers,
                 "num_classes": self.num_classes, "auxiliary": self.auxiliary, "stem": self.stem_kind,
-                "drop_path": self.drop_path, "drop_path_prob": float(self.drop_path_prob.numpy())}
+                "drop_path": self.drop_path, "drop_path_prob": float(self.drop_path_prob.numpy()),
+                "kernels": self.kernels}
 
     @classmethod
     def from_config(cls, config):
@@ -298,8 +308,10 @@ def count_parameters(model, auxiliary=False) -> int:
 
 
 def build_network(spec) -> NetworkCIFAR:
-    """The built evaluation network of a :class:`tfnas.config.NetworkSpec`."""
+    """The built evaluation network of a :class:`tfnas.config.NetworkSpec`
+    (mixed precision: Keras' ``mixed_float16`` dtype policy)."""
     model = NetworkCIFAR(genotype_from_config(spec.genotype), init_channels=spec.init_channels,
                          layers=spec.layers, num_classes=spec.num_classes, auxiliary=spec.auxiliary,
-                         stem=spec.stem)
+                         stem=spec.stem, kernels=spec.kernels,
+                         dtype="mixed_float16" if spec.mixed_precision else None)
     return model.build_for(tuple(spec.image_shape))

@@ -9,6 +9,10 @@ both sides).  TensorFlow's ``'same'`` is identical to that at stride 1 for odd
 kernels, so stride-1 layers use it; at stride 2 it pads asymmetrically, so
 strided layers pad explicitly and convolve with ``'valid'``.
 
+Where a CPU-tuned kernel exists (:mod:`tfnas.kernels`), a layer's
+``kernels`` setting (``"auto"``, ``"cpu"`` or ``"standard"``, in its config)
+chooses it; :func:`kernel_policy` resolves ``"auto"`` for the device.
+
 :class:`BatchNorm` is the one normalisation layer of tfnas (see its
 docstring for the fused and the differentiable path).
 """
@@ -21,6 +25,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from tfnas.kernels import KERNEL_CHOICES, KernelPolicy, check_kernels, resolve_kernels  # noqa: F401
 from tfnas.operations import OPERATIONS, operation_parameter_count, operation_spec  # noqa: F401
 
 __all__ = [
@@ -28,7 +33,7 @@ __all__ = [
     "Zero", "Identity", "Conv7x1_1x7", "max_pool_3x3", "OPERATIONS", "LAYER_FACTORIES", "make_operation",
     "set_batch_norm_fused", "layers_of_type", "batch_norm_layers", "batch_statistics_frozen",
     "deterministic_second_derivatives", "operation_parameter_count", "conv_initializer",
-    "pad_symmetric", "tf_variable", "depthwise_conv2d",
+    "pad_symmetric", "tf_variable", "depthwise_conv2d", "kernel_policy", "device_type",
 ]
 
 _register = keras.saving.register_keras_serializable(package="tfnas")
@@ -44,6 +49,17 @@ def conv_initializer():
 def tf_variable(variable):
     """The ``tf.Variable`` behind a Keras variable (or the variable itself)."""
     return variable.value if isinstance(variable, keras.Variable) else variable
+
+
+def device_type() -> str:
+    """``"GPU"`` when TensorFlow sees a GPU (it places the layers there), else ``"CPU"``."""
+    return "GPU" if tf.config.list_logical_devices("GPU") else "CPU"
+
+
+def kernel_policy(kernels: str = "auto") -> KernelPolicy:
+    """The :class:`tfnas.kernels.KernelPolicy` of a ``kernels`` setting on this
+    machine's device (called when a layer is traced)."""
+    return resolve_kernels(kernels, device_type())
 
 
 def pad_symmetric(x, pad_h, pad_w=None, value=0.0):
@@ -100,6 +116,10 @@ class BatchNorm(keras.layers.Layer):
 
     Inference mode is the affine map with the moving statistics (plain ops,
     differentiable) on both paths.
+
+    Under mixed precision (float16/bfloat16 inputs) the statistics and the
+    affine map are computed in float32 and the output is cast back; the
+    variables are float32 under every policy.
     """
 
     def __init__(self, affine=True, momentum=0.9, epsilon=1e-5, fused=None,
@@ -142,6 +162,10 @@ class BatchNorm(keras.layers.Layer):
 
     def call(self, inputs, training=False):
         x = inputs
+        if x.dtype in (tf.float16, tf.bfloat16) and not self.uses_fused(training):
+            # Mixed precision: statistics and the affine map in float32 (the
+            # fused kernel computes them in float32 itself), as Keras' BN.
+            return tf.cast(self.call(tf.cast(x, tf.float32), training), x.dtype)
         if not training:
             return self._inference(x)
         if self.uses_fused(True):
@@ -288,14 +312,18 @@ class PointwiseConv2D(keras.layers.Conv2D):
     Same kernel shape (1, 1, C_in, C_out) and serialisation as Conv2D, but
     ``matmul`` on the (N·H·W, C_in) view: on CPU its forward and filter
     gradient are at least as fast as oneDNN's 1x1 convolution
-    (docs/benchmarks.md)."""
+    (docs/benchmarks.md).  With the ``standard`` kernel policy it is
+    Conv2D's own convolution."""
 
-    def __init__(self, filters, **kwargs):
+    def __init__(self, filters, kernels="auto", **kwargs):
         kwargs.update(kernel_size=1, strides=1, padding="valid", use_bias=False)
         kwargs.pop("dilation_rate", None)
         super().__init__(filters, **kwargs)
+        self.kernels = check_kernels(kernels)
 
     def call(self, inputs):
+        if not kernel_policy(self.kernels).pointwise_matmul:
+            return super().call(inputs)
         kernel = tf.reshape(self.kernel, (self.kernel.shape[2], self.filters))
         flat = tf.matmul(tf.reshape(inputs, (-1, inputs.shape[-1])), tf.cast(kernel, inputs.dtype))
         h, w = inputs.shape[1], inputs.shape[2]
@@ -308,6 +336,7 @@ class PointwiseConv2D(keras.layers.Conv2D):
         config = super().get_config()
         for key in ("kernel_size", "strides", "padding", "use_bias", "dilation_rate"):
             config.pop(key, None)
+        config["kernels"] = self.kernels
         return config
 
 
@@ -356,10 +385,16 @@ class DepthwiseConv2D(keras.layers.DepthwiseConv2D):
     was the search networks' costliest op (docs/benchmarks.md).  TensorFlow's
     kernel is kept where it is faster (3×3) or where this one does not apply:
     strides, channel multipliers, biases, and half precision (this one would
-    sum over the batch in half precision)."""
+    sum over the batch in half precision), and under the ``standard`` kernel
+    policy."""
+
+    def __init__(self, *args, kernels="auto", **kwargs):
+        super().__init__(*args, **kwargs)
+        self.kernels = check_kernels(kernels)
 
     def _fast_filter_gradient(self, inputs) -> bool:
-        return (min(self.kernel_size) >= 5 and tuple(self.strides) == (1, 1)
+        return (kernel_policy(self.kernels).depthwise_filter_gradient
+                and min(self.kernel_size) >= 5 and tuple(self.strides) == (1, 1)
                 and self.depth_multiplier == 1 and not self.use_bias
                 and self.data_format == "channels_last"
                 and inputs.dtype in (tf.float32, tf.float64))
@@ -368,15 +403,19 @@ class DepthwiseConv2D(keras.layers.DepthwiseConv2D):
         if not self._fast_filter_gradient(inputs):
             return super().call(inputs)
         return depthwise_conv2d(inputs, tf.cast(self.kernel, inputs.dtype), self.dilation_rate[0],
-                                self.padding.upper())
+                                self.padding.upper(), self.kernels)
+
+    def get_config(self):
+        return {**super().get_config(), "kernels": self.kernels}
 
 
-def depthwise_conv2d(x, kernel, dilation: int = 1, padding: str = "SAME"):
+def depthwise_conv2d(x, kernel, dilation: int = 1, padding: str = "SAME", kernels: str = "auto"):
     """A stride-1 depthwise convolution (channel multiplier 1, kernel
     ``(k, k, C, 1)``), with :class:`DepthwiseConv2D`'s faster filter gradient
-    for 5×5 and larger kernels in float32/float64 (TensorFlow's own kernel
-    otherwise)."""
-    if kernel.shape[0] < 5 or x.dtype not in (tf.float32, tf.float64):
+    for 5×5 and larger kernels in float32/float64 when the ``kernels``
+    policy takes it (TensorFlow's own kernel otherwise)."""
+    if (kernel.shape[0] < 5 or x.dtype not in (tf.float32, tf.float64)
+            or not kernel_policy(kernels).depthwise_filter_gradient):
         return tf.nn.depthwise_conv2d(x, kernel, [1, 1, 1, 1], padding, dilations=[dilation, dilation])
     if dilation == 1:
         return _depthwise_conv_fast_filter_gradient(x, kernel, padding)
@@ -387,21 +426,29 @@ def depthwise_conv2d(x, kernel, dilation: int = 1, padding: str = "SAME"):
         filter_shape=kernel.shape[:2])
 
 
-def _subsample_2(x, offset=0):
+def _subsample_2(x, offset=0, policy=None):
     """``x[:, offset::2, offset::2, :]`` for even H, W (offset 0 or 1).
 
     Strided slicing is cheap forward, but its gradient (StridedSliceGrad) is
     a slow full copy on CPU; space_to_depth + split has cheap gradients
-    (depth_to_space, concat)."""
+    (depth_to_space, concat): used when ``policy`` (a
+    :class:`tfnas.kernels.KernelPolicy`, default the device's) says so."""
+    policy = policy or kernel_policy()
     h, w = x.shape[1], x.shape[2]
-    if h is None or w is None or h % 2 or w % 2:
+    if not policy.subsample_space_to_depth or h is None or w is None or h % 2 or w % 2:
         return x[:, offset::2, offset::2, :]
     blocks = tf.split(tf.nn.space_to_depth(x, 2), 4, axis=-1)  # (0,0), (0,1), (1,0), (1,1)
     return blocks[3 * offset]
 
 
 class _Operation(keras.layers.Layer):
-    """Base: sub-layers inherit this layer's dtype policy."""
+    """Base: sub-layers inherit this layer's dtype policy; ``kernels`` (a
+    :mod:`tfnas.kernels` setting) goes to the sub-layers that have a
+    CPU-tuned kernel."""
+
+    def __init__(self, kernels="auto", **kwargs):
+        super().__init__(**kwargs)
+        self.kernels = check_kernels(kernels)
 
     def _sub(self, cls, *args, **kwargs):
         kwargs.setdefault("dtype", self.dtype_policy)
@@ -409,17 +456,21 @@ class _Operation(keras.layers.Layer):
 
     def _conv(self, filters, kernel, stride=1, padding="valid", name=None):
         if kernel == 1 and stride == 1:
-            return self._sub(PointwiseConv2D, filters, kernel_initializer=conv_initializer(), name=name)
+            return self._sub(PointwiseConv2D, filters, kernels=self.kernels,
+                             kernel_initializer=conv_initializer(), name=name)
         return self._sub(keras.layers.Conv2D, filters, kernel, strides=stride, padding=padding,
                          use_bias=False, kernel_initializer=conv_initializer(), name=name)
 
     def _depthwise(self, kernel, stride=1, dilation=1, padding="valid", name=None):
         return self._sub(DepthwiseConv2D, kernel, strides=stride, padding=padding,
-                         dilation_rate=dilation, use_bias=False,
+                         dilation_rate=dilation, use_bias=False, kernels=self.kernels,
                          depthwise_initializer=conv_initializer(), name=name)
 
     def _bn(self, name="bn"):
         return self._sub(BatchNorm, affine=self.affine, name=name)
+
+    def get_config(self):
+        return {**super().get_config(), "kernels": self.kernels}
 
 
 @_register
@@ -523,7 +574,9 @@ class FactorizedReduce(_Operation):
 
     def call(self, inputs, training=False):
         x = tf.nn.relu(inputs)
-        y = tf.concat([self.conv_1(_subsample_2(x, 0)), self.conv_2(_subsample_2(x, 1))], axis=-1)
+        policy = kernel_policy(self.kernels)
+        y = tf.concat([self.conv_1(_subsample_2(x, 0, policy)), self.conv_2(_subsample_2(x, 1, policy))],
+                      axis=-1)
         return self.bn(y, training=training)
 
     def compute_output_shape(self, input_shape):
@@ -584,7 +637,8 @@ class DilConv(_Operation):
         if self._mode != "same":
             x = pad_symmetric(x, self.padding)
         if self._mode == "subsample":
-            x = _subsample_2(x) if self.stride == 2 else x[:, ::self.stride, ::self.stride, :]
+            x = (_subsample_2(x, 0, kernel_policy(self.kernels)) if self.stride == 2
+                 else x[:, ::self.stride, ::self.stride, :])
         x = self.pointwise(self.depthwise(x))
         return self.bn(x, training=training)
 
@@ -743,11 +797,12 @@ class Pool(keras.layers.Layer):
     padding from the count (PyTorch ``count_include_pad=False``).  No
     parameters; channels are unchanged (the caller guarantees C_in == C)."""
 
-    def __init__(self, kind="max", stride=1, **kwargs):
+    def __init__(self, kind="max", stride=1, kernels="auto", **kwargs):
         super().__init__(**kwargs)
         if kind not in ("max", "avg"):
             raise ValueError(f"Pool: kind must be 'max' or 'avg', got {kind!r}")
         self.kind, self.stride = kind, int(stride)
+        self.kernels = check_kernels(kernels)
         # Trace-time switch (not configuration): see deterministic_second_derivatives.
         self.deterministic_second_derivatives = False
         # Set by layers whose pools' gradients are traced in loops (see max_pool_3x3).
@@ -756,8 +811,9 @@ class Pool(keras.layers.Layer):
     def call(self, inputs):
         x, s = inputs, self.stride
         if self.kind == "max":
-            return max_pool_3x3(x, s, self.deterministic_second_derivatives,
-                                self.gradient_recomputes)
+            recomputes = (self.gradient_recomputes
+                          and kernel_policy(self.kernels).max_pool_gradient_recomputes)
+            return max_pool_3x3(x, s, self.deterministic_second_derivatives, recomputes)
         if s == 1:  # TF 'SAME' pools ignore the padding, as the reference does
             return tf.nn.avg_pool2d(x, 3, 1, "SAME")
         summed = tf.nn.avg_pool2d(pad_symmetric(x, 1), 3, s, "VALID")
@@ -780,17 +836,19 @@ class Pool(keras.layers.Layer):
         return (b, _out_size(h, 3, s, 1), _out_size(w, 3, s, 1), c)
 
     def get_config(self):
-        return {**super().get_config(), "kind": self.kind, "stride": self.stride}
+        return {**super().get_config(), "kind": self.kind, "stride": self.stride, "kernels": self.kernels}
 
 
-def _skip(spec, channels, stride, affine, **kw):
-    return Identity(**kw) if stride == 1 else FactorizedReduce(channels, affine=affine, **kw)
+def _skip(spec, channels, stride, affine, kernels="auto", **kw):
+    if stride == 1:
+        return Identity(**kw)
+    return FactorizedReduce(channels, affine=affine, kernels=kernels, **kw)
 
 
 # One factory per family of tfnas.operations.OPERATIONS:
-# factory(spec, channels, stride, affine, **layer_kwargs) -> Layer
+# factory(spec, channels, stride, affine, kernels=..., **layer_kwargs) -> Layer
 LAYER_FACTORIES = {
-    "zero": lambda spec, C, stride, affine, **kw: Zero(stride, **kw),
+    "zero": lambda spec, C, stride, affine, kernels="auto", **kw: Zero(stride, **kw),
     "pool": lambda spec, C, stride, affine, **kw: Pool(spec.pool, stride, **kw),
     "skip": _skip,
     "sep_conv": lambda spec, C, stride, affine, **kw: SepConv(C, spec.kernel_size, stride, affine, **kw),
@@ -800,14 +858,17 @@ LAYER_FACTORIES = {
 }
 
 
-def make_operation(name, channels, stride, affine=True, *, layer_name=None, **layer_kwargs):
+def make_operation(name, channels, stride, affine=True, *, layer_name=None, kernels="auto",
+                   **layer_kwargs):
     """The layer for operation ``name`` (a row of :data:`tfnas.operations.OPERATIONS`)
     with ``channels`` output channels (= input channels) and ``stride`` 1 or 2.
-    ``layer_name`` becomes the Keras layer's name; other ``layer_kwargs``
-    (e.g. ``dtype``) go to the layer."""
+    ``layer_name`` becomes the Keras layer's name; ``kernels`` is the
+    :mod:`tfnas.kernels` setting; other ``layer_kwargs`` (e.g. ``dtype``) go
+    to the layer."""
     spec = operation_spec(name)
     if layer_name is not None:
         layer_kwargs["name"] = layer_name
     if stride not in (1, 2):
         raise ValueError(f"stride must be 1 or 2, got {stride!r}")
-    return LAYER_FACTORIES[spec.family](spec, int(channels), int(stride), bool(affine), **layer_kwargs)
+    return LAYER_FACTORIES[spec.family](spec, int(channels), int(stride), bool(affine),
+                                        kernels=check_kernels(kernels), **layer_kwargs)

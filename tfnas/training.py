@@ -24,6 +24,11 @@ What is implemented (the DARTS ``train.py`` semantics, stated precisely):
   the step functions have a batch-size-agnostic input signature, so each is
   traced exactly once per run and image size (see
   :attr:`Trainer.trace_counts`).
+* **Mixed precision** (``mixed_precision``, off by default; for GPUs): the
+  network computes in float16 under Keras' ``mixed_float16`` policy with
+  float32 variables, BN statistics, logits and loss; the loss is scaled
+  dynamically (:class:`DynamicLossScale`) and a step whose gradients are
+  not finite changes no weight or momentum buffer.
 * **Early crops** (``early_crop``, off by default; not in the reference): the
   first ``early_crop_epochs`` epochs train on random ``early_crop``-pixel
   square crops of the unpadded images (pixels keep their scale; the network
@@ -64,7 +69,8 @@ from tfnas.rundir import RunDir
 from tfnas.runner import DivergedError, RunDriver, log_line, open_run
 
 __all__ = [
-    "PRESETS", "TrainConfig", "TrainingDivergedError", "TrainingConfigError", "ReferenceSGD", "Trainer",
+    "PRESETS", "TrainConfig", "TrainingDivergedError", "TrainingConfigError", "ReferenceSGD",
+    "DynamicLossScale", "Trainer",
     "cosine_learning_rate", "clip_by_global_norm_like_torch", "make_strategy", "train",
 ]
 
@@ -155,7 +161,9 @@ class ReferenceSGD:
         """A ``tf.Module`` holding every optimizer variable (for checkpoints)."""
         return self._module
 
-    def apply(self, grads, variables) -> None:
+    def apply(self, grads, variables, apply_if=None) -> None:
+        """Update ``variables`` by ``grads``; with ``apply_if`` (a boolean
+        tensor) False, the update leaves every weight and buffer as it is."""
         if self.buffers is None:
             raise RuntimeError("ReferenceSGD.build(variables) must run in the strategy scope first")
         variables = [tf_variable(v) for v in variables]
@@ -165,10 +173,14 @@ class ReferenceSGD:
             # One fused kernel (buf = μ·buf + g'; w -= lr·buf) instead of ~10
             # ops per variable: the search step updates ~1,400 tensors, and
             # graph size is trace time and memory.
+            grad, mu = grad + decay * var, tf.constant(momentum, var.dtype)
+            if apply_if is not None:   # skipped without control flow: buf = 1·buf + 0, w -= 0
+                grad = tf.where(apply_if, grad, tf.zeros_like(grad))
+                lr = tf.where(apply_if, lr, tf.zeros_like(lr))
+                mu = tf.where(apply_if, mu, tf.ones_like(mu))
             return tf.raw_ops.ResourceApplyMomentum(
                 var=var.handle, accum=buf.handle, lr=tf.cast(lr, var.dtype),
-                grad=grad + decay * var, momentum=tf.constant(momentum, var.dtype),
-                use_nesterov=nesterov)
+                grad=grad, momentum=mu, use_nesterov=nesterov)
 
         def merge(strategy, grads, lr):
             for var, grad, buf in zip(variables, grads, self.buffers):
@@ -180,6 +192,43 @@ class ReferenceSGD:
             merge(tf.distribute.get_strategy(), grads, self.learning_rate)
         else:
             ctx.merge_call(merge, args=(grads, self.learning_rate))
+
+
+class DynamicLossScale:
+    """Dynamic loss scaling for float16 gradients, as Keras'
+    ``LossScaleOptimizer`` (which wraps Keras optimizers only, not
+    :class:`ReferenceSGD`): the loss is multiplied by ``scale`` before
+    differentiation and the gradients divided by it; a step with non-finite
+    gradients is skipped and halves the scale, ``growth_steps`` finite steps
+    in a row double it.  Create it in the strategy scope."""
+
+    def __init__(self, initial_scale: float = 2.0 ** 15, growth_steps: int = 2000):
+        self.growth_steps = int(growth_steps)
+        # every replica computes the same update (from all-reduced gradients)
+        same = dict(trainable=False, aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
+        self.scale = tf.Variable(float(initial_scale), dtype=tf.float32, name="loss_scale", **same)
+        self.good_steps = tf.Variable(0, dtype=tf.int64, name="good_steps", **same)
+        self.trackable = tf.Module(name="loss_scale")
+        self.trackable.scale, self.trackable.good_steps = self.scale, self.good_steps
+
+    def scaled(self, loss):
+        return loss * tf.cast(self.scale, loss.dtype)
+
+    def unscaled(self, grads) -> tuple:
+        """The gradients divided by the scale, and whether all are finite."""
+        inverse = 1.0 / self.scale
+        grads = [g * tf.cast(inverse, g.dtype) for g in grads]
+        finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(g)) for g in grads])
+        return grads, finite
+
+    def update(self, finite) -> None:
+        """Halve the scale after a non-finite step; double it after
+        ``growth_steps`` finite ones."""
+        grow = tf.logical_and(finite, self.good_steps + 1 >= self.growth_steps)
+        self.scale.assign(tf.where(finite, tf.where(grow, self.scale * 2.0, self.scale),
+                                   tf.maximum(self.scale / 2.0, 1.0)))
+        self.good_steps.assign(tf.where(tf.logical_and(finite, tf.logical_not(grow)),
+                                        self.good_steps + 1, tf.zeros_like(self.good_steps)))
 
 
 # -- the compiled steps -----------------------------------------------------------------
@@ -197,22 +246,28 @@ class Trainer:
 
     Build it inside ``strategy.scope()`` *after* the model is built; it
     creates the optimizer buffers at once.  ``train_epoch``/``evaluate``
-    take (undistributed) datasets of ``(images, labels)``.
+    take (undistributed) datasets of ``(images, labels)``.  ``loss_scale``:
+    scale the loss dynamically (:class:`DynamicLossScale`), for a model
+    under a float16 policy.
     """
 
     def __init__(self, model, strategy, *, lr=0.025, momentum=0.9, weight_decay=3e-4,
-                 grad_clip=5.0, auxiliary_weight=0.4):
+                 grad_clip=5.0, auxiliary_weight=0.4, loss_scale=False):
         self.model, self.strategy = model, strategy
         self.grad_clip, self.auxiliary_weight = float(grad_clip), float(auxiliary_weight)
         self.optimizer = ReferenceSGD(lr, momentum, weight_decay)
         self.optimizer.build(model.trainable_variables)
+        self.loss_scale = DynamicLossScale() if loss_scale else None
         self.trace_counts = {"train": 0, "eval": 0}
         self._compiled = {}
 
     def trackables(self) -> dict:
         """Everything a checkpoint must hold to resume exactly: the model (all
         its variables, drop-path random streams included) and the optimizer."""
-        return {"model": self.model, "optimizer": self.optimizer.trackable}
+        trackables = {"model": self.model, "optimizer": self.optimizer.trackable}
+        if self.loss_scale is not None:
+            trackables["loss_scale"] = self.loss_scale.trackable
+        return trackables
 
     # replica functions
     def _replica_train(self, x, y):
@@ -224,9 +279,16 @@ class Trainer:
             if aux is not None:
                 per_example = per_example + self.auxiliary_weight * cross_entropy(y, aux)
             loss = tf.nn.compute_average_loss(per_example)
+            if self.loss_scale is not None:
+                loss = self.loss_scale.scaled(loss)
         grads = replica_gradients(tape, loss, variables)
+        finite = None
+        if self.loss_scale is not None:
+            grads, finite = self.loss_scale.unscaled(grads)
         grads, _ = clip_by_global_norm_like_torch(grads, self.grad_clip)
-        self.optimizer.apply(grads, variables)
+        self.optimizer.apply(grads, variables, apply_if=finite)
+        if self.loss_scale is not None:
+            self.loss_scale.update(finite)
         return batch_sums(y, logits, per_example)
 
     def _replica_eval(self, x, y):
@@ -482,7 +544,8 @@ def train(config: TrainConfig, out_dir: str, *, resume: bool = False, export_dir
         model = build_network(config.network_spec(info))
         trainer = Trainer(model, strategy, lr=config.lr, momentum=config.momentum,
                           weight_decay=config.weight_decay, grad_clip=config.grad_clip,
-                          auxiliary_weight=config.auxiliary_weight)
+                          auxiliary_weight=config.auxiliary_weight,
+                          loss_scale=config.mixed_precision)
     # built count for the network trained; the head's size does not depend on the stem
     counts = {**parameter_counts(genotype, config.init_channels, config.layers, info.num_classes),
               "params": count_parameters(model, auxiliary=False)}

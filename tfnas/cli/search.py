@@ -18,6 +18,7 @@ import sys
 import time
 
 from tfnas.cli.common import ArgumentParser, UsageError, flags_set, print_json, run_cli
+from tfnas.kernels import KERNEL_CHOICES
 from tfnas.search.settings import METHODS, SearchSettings, SearchSettingsError
 
 # flag -> setting (SearchSettings field or a method-config field), with its type and help
@@ -85,6 +86,10 @@ def build_parser() -> ArgumentParser:
                         "memory but slower per step; use it when the default form does not fit in "
                         "memory or for a bigger batch (--resume continues in the form the run "
                         "started with); not with --hessian exact; figures in docs/benchmarks.md")
+    p.add_argument("--kernels", choices=KERNEL_CHOICES, default=None,
+                   help="darts: operation kernels: cpu (CPU-tuned), standard (TensorFlow's, cuDNN on "
+                        "a GPU) or auto (cpu on a CPU, else standard); the same results either way; "
+                        "default auto")
     p.add_argument("--preset", choices=("paper", "small"), default=None,
                    help="paper (the reference: darts 50 epochs, batch 64, C=16, 8 layers; enas/random "
                         "150 epochs, batch 160, C=20, 8 layers) or small (minutes on a 2-core CPU: "
@@ -122,7 +127,8 @@ def _settings_from_args(args):
     overrides.update(order=args.order, hessian=args.hessian, space=args.space,
                      dataset=args.dataset, data_dir=args.data_dir, seed=args.seed,
                      deterministic=args.deterministic, strategy=args.strategy,
-                     low_memory=args.low_memory, reference_unclipped=args.reference_unclipped)
+                     low_memory=args.low_memory, reference_unclipped=args.reference_unclipped,
+                     kernels=args.kernels)
     _refuse_other_methods_flags(args.method, overrides)
     for name in ("epochs", "batch_size", "init_channels", "layers"):
         if overrides[name] is not None and overrides[name] < 1:
@@ -155,13 +161,16 @@ def _refuse_other_methods_flags(method, overrides) -> None:
 
 def _dry_run(settings):
     from tfnas.data import DatasetInfo
+    from tfnas.ops import kernel_policy
     from tfnas.search.driver import build_method
     t0 = time.time()
     info = DatasetInfo("dry-run", 10, (32, 32, 3), {}, (0.5,) * 3, (0.25,) * 3)
     method = build_method(settings, info)
+    kernels = getattr(settings.config, "kernels", None)
+    resolved = {} if kernels is None else {"kernels": kernel_policy(kernels).to_dict()}
     return {"method": settings.method, **method.sizes(), "init_channels": settings.init_channels,
             "layers": settings.layers, "num_classes": 10, "space": method.space.to_dict(),
-            "build_seconds": round(time.time() - t0, 1)}
+            **resolved, "build_seconds": round(time.time() - t0, 1)}
 
 
 def _main(argv=None):

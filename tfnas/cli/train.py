@@ -43,7 +43,7 @@ _HELP = {
 
 
 def build_parser() -> ArgumentParser:
-    from tfnas.config import PRESETS, STRATEGIES
+    from tfnas.config import KERNEL_CHOICES, PRESETS, STRATEGIES
     p = ArgumentParser(
         prog="train.py",
         description="Train a cell genotype from scratch (DARTS NetworkCIFAR) with the reference "
@@ -67,6 +67,13 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--stem", choices=("auto", "cifar", "imagenet64"), default=None,
                    help="network stem: cifar (stride 1), imagenet64 (stride 2, for 64x64 images); "
                         "default auto (by image size)")
+    p.add_argument("--kernels", choices=KERNEL_CHOICES, default=None,
+                   help="operation kernels: cpu (CPU-tuned: 1x1 convs as matmuls, ...), standard "
+                        "(TensorFlow's, cuDNN on a GPU) or auto (cpu on a CPU, else standard); "
+                        "the same results either way; default auto")
+    p.add_argument("--mixed-precision", action="store_true", default=None,
+                   help="compute in float16 (Keras' mixed_float16) with float32 weights, BN, logits "
+                        "and loss and dynamic loss scaling; for GPUs (slower on a CPU)")
     p.add_argument("--seed", type=int, default=None, help="random seed (default 0)")
     p.add_argument("--deterministic", action="store_true", default=None,
                    help="bit-reproducible on CPU (op determinism; slower)")
@@ -94,7 +101,8 @@ def _config_from_args(args):
     genotype = resolve_genotype(args.genotype)
     overrides = {name: getattr(args, name) for name in _OVERRIDES}
     overrides.update(auxiliary=args.auxiliary, seed=args.seed, deterministic=args.deterministic,
-                     strategy=args.strategy, data_dir=args.data_dir, stem=args.stem)
+                     strategy=args.strategy, data_dir=args.data_dir, stem=args.stem,
+                     kernels=args.kernels, mixed_precision=args.mixed_precision)
     config = TrainConfig.from_preset(args.preset or "small", genotype=args.genotype,
                                      dataset=args.dataset or "cifar10", **overrides)
     config.genotype_resolved = {**genotype.to_dict(), "name": genotype.name}

@@ -341,11 +341,12 @@ class BilevelSearch:
 def build_search_network(settings, num_classes: int, image_shape) -> SearchNetwork:
     """The (built) supernet of DARTS ``settings``: second order with the
     exact hypergradient uses the differentiable BN path, ``low_memory`` the
-    loop-and-recompute form."""
+    loop-and-recompute form, ``kernels`` the kernel policy's setting."""
     cfg = settings.config
     bn_fused = False if (cfg.order == 2 and cfg.hessian == "exact") else None
     model = SearchNetwork(settings.init_channels, settings.layers, num_classes,
-                          space=settings.cell_space, bn_fused=bn_fused, low_memory=cfg.low_memory)
+                          space=settings.cell_space, bn_fused=bn_fused, low_memory=cfg.low_memory,
+                          kernels=cfg.kernels)
     return model.build_for(tuple(image_shape))
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields
 
+from tfnas.kernels import KERNEL_CHOICES
 from tfnas.space import SPACES, CellSpace
 
 __all__ = ["DartsConfig", "SharedChildConfig", "EnasConfig", "RandomConfig", "MethodInfo", "METHODS", "PRESETS", "SearchSettings", "HESSIAN_MODES",
@@ -58,8 +59,12 @@ class DartsConfig(_MethodConfig):
     arch_weight_decay: float = 1e-3
     fd_radius: float = 0.01           # ε = fd_radius / ‖v‖
     low_memory: bool = False          # the loop-and-recompute supernet (slower, less memory)
+    kernels: str = "auto"             # the operations' kernels (tfnas.kernels): auto | cpu | standard
 
     def __post_init__(self):
+        if self.kernels not in KERNEL_CHOICES:
+            raise SearchSettingsError(f"kernels must be one of {', '.join(KERNEL_CHOICES)}, "
+                                      f"not {self.kernels!r}")
         if self.order not in (1, 2):
             raise SearchSettingsError(f"order must be 1 or 2, not {self.order!r}")
         if self.hessian not in HESSIAN_MODES:

@@ -76,18 +76,19 @@ class MixedOp(keras.layers.Layer):
     ``none`` contributes exactly zero, so it is not computed (its weight still
     takes part in the softmax)."""
 
-    def __init__(self, channels, stride, operations, bn_fused=None, **kwargs):
+    def __init__(self, channels, stride, operations, bn_fused=None, kernels="auto", **kwargs):
         super().__init__(**kwargs)
         self.channels, self.stride = int(channels), int(stride)
         self.operations = tuple(operations)
         self.bn_fused = bn_fused
+        self.kernels = kernels
         self.ops = []
         self.op_indices = []
         for k, name in enumerate(self.operations):
             if name == "none":
                 continue
             op = make_operation(name, self.channels, self.stride, affine=False,
-                                layer_name=f"{name}", dtype=self.dtype_policy)
+                                layer_name=f"{name}", kernels=kernels, dtype=self.dtype_policy)
             if "pool" in name:
                 op = PoolBN(op, bn_fused=bn_fused, dtype=self.dtype_policy, name=f"{name}_bn")
             self.ops.append(op)
@@ -115,7 +116,7 @@ class MixedOp(keras.layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "channels": self.channels, "stride": self.stride,
-                "operations": list(self.operations), "bn_fused": self.bn_fused}
+                "operations": list(self.operations), "bn_fused": self.bn_fused, "kernels": self.kernels}
 
 
 class _Untracked:
@@ -139,13 +140,14 @@ class EdgeStack(keras.layers.Layer):
     template's own variables are never read and are not weights of the
     network.  Each edge is initialised as a :class:`MixedOp` of its own is."""
 
-    def __init__(self, count, channels, stride, operations, bn_fused=None, **kwargs):
+    def __init__(self, count, channels, stride, operations, bn_fused=None, kernels="auto", **kwargs):
         super().__init__(**kwargs)
         self.count, self.channels, self.stride = int(count), int(channels), int(stride)
         self.operations = tuple(operations)
         self.bn_fused = bn_fused
+        self.kernels = kernels
         template = MixedOp(self.channels, self.stride, self.operations, bn_fused=bn_fused,
-                           dtype=self.dtype_policy, name="template")
+                           kernels=kernels, dtype=self.dtype_policy, name="template")
         for pool in layers_of_type(template, Pool):  # its gradient is traced in a loop
             pool.gradient_recomputes = True
         self._hidden = _Untracked(template=template, stacked=())
@@ -186,7 +188,7 @@ class EdgeStack(keras.layers.Layer):
     def get_config(self):
         return {**super().get_config(), "count": self.count, "channels": self.channels,
                 "stride": self.stride, "operations": list(self.operations),
-                "bn_fused": self.bn_fused}
+                "bn_fused": self.bn_fused, "kernels": self.kernels}
 
 
 @_register
@@ -195,8 +197,9 @@ class SearchCell(keras.layers.Layer):
     earlier node; the output concatenates all intermediate nodes."""
 
     def __init__(self, channels, reduction, reduction_prev, space=DARTS_SPACE, bn_fused=None,
-                 low_memory=False, **kwargs):
+                 low_memory=False, kernels="auto", **kwargs):
         super().__init__(**kwargs)
+        self.kernels = kernels
         self.space = _space(space)
         self.channels = int(channels)
         self.reduction, self.reduction_prev = bool(reduction), bool(reduction_prev)
@@ -204,12 +207,12 @@ class SearchCell(keras.layers.Layer):
         self.low_memory = bool(low_memory)
         dt = self.dtype_policy
         if self.reduction_prev:
-            self.preprocess0 = FactorizedReduce(self.channels, affine=False, dtype=dt,
+            self.preprocess0 = FactorizedReduce(self.channels, affine=False, kernels=kernels, dtype=dt,
                                                 name="preprocess0")
         else:
-            self.preprocess0 = ReLUConvBN(self.channels, 1, 1, affine=False, dtype=dt,
+            self.preprocess0 = ReLUConvBN(self.channels, 1, 1, affine=False, kernels=kernels, dtype=dt,
                                           name="preprocess0")
-        self.preprocess1 = ReLUConvBN(self.channels, 1, 1, affine=False, dtype=dt,
+        self.preprocess1 = ReLUConvBN(self.channels, 1, 1, affine=False, kernels=kernels, dtype=dt,
                                       name="preprocess1")
         if self.low_memory:
             # One stack of alike edges per loop; a reduction cell's first loop
@@ -217,11 +220,12 @@ class SearchCell(keras.layers.Layer):
             names = ["reducing_edges", "edges"] if self.reduction else ["edges"]
             self.edge_stacks = [
                 EdgeStack(len(ids), self.channels, 2 if self.reduction and g == 0 else 1,
-                          self.space.operations, bn_fused=bn_fused, dtype=dt, name=names[g])
+                          self.space.operations, bn_fused=bn_fused, kernels=kernels, dtype=dt,
+                          name=names[g])
                 for g, ids in enumerate(self.edge_groups())]
         else:
             self.edges = [MixedOp(self.channels, 2 if self.reduction and j < 2 else 1,
-                                  self.space.operations, bn_fused=bn_fused, dtype=dt,
+                                  self.space.operations, bn_fused=bn_fused, kernels=kernels, dtype=dt,
                                   name=f"edge_{node}_{j}")
                           for node, j in self.space.edge_inputs()]
 
@@ -351,7 +355,7 @@ class SearchCell(keras.layers.Layer):
     def get_config(self):
         return {**super().get_config(), "channels": self.channels, "reduction": self.reduction,
                 "reduction_prev": self.reduction_prev, "space": self.space.to_dict(),
-                "bn_fused": self.bn_fused, "low_memory": self.low_memory}
+                "bn_fused": self.bn_fused, "low_memory": self.low_memory, "kernels": self.kernels}
 
 
 @_register
@@ -363,6 +367,7 @@ class SearchNetwork(CellNetwork):
     only), ``False`` the differentiable path that second-order search with
     ``hessian="exact"`` needs.  The two alpha tables are drawn independently
     (``alpha_seed`` and ``alpha_seed + 1`` when a seed is given).
+    ``kernels`` (a :mod:`tfnas.kernels` setting) goes to every operation.
     """
 
     def __init__(self, C=16, layers=8, num_classes=10, space=DARTS_SPACE, bn_fused=None,
@@ -386,7 +391,7 @@ class SearchNetwork(CellNetwork):
 
     def make_cell(self, slot):
         return SearchCell(slot.channels, slot.reduction, slot.reduction_prev, self.space,
-                          bn_fused=self.bn_fused, low_memory=self.low_memory,
+                          bn_fused=self.bn_fused, low_memory=self.low_memory, kernels=self.kernels,
                           dtype=self.dtype_policy, name=f"cell_{slot.index}")
 
     def build_cell(self, cell, s0_shape, s1_shape):
@@ -424,7 +429,7 @@ class SearchNetwork(CellNetwork):
         return {**super().get_config(), "C": self.C, "layers": self.num_layers,
                 "num_classes": self.num_classes, "space": self.space.to_dict(),
                 "bn_fused": self.bn_fused, "alpha_seed": self.alpha_seed,
-                "low_memory": self.low_memory}
+                "low_memory": self.low_memory, "kernels": self.kernels}
 
 
 def _alpha_initializer(seed):
