@@ -79,32 +79,18 @@ def _conv_stack(spec, x, weights):
     return x
 
 
-def _recomputed_conv_stack(spec):
-    """:func:`_conv_stack` whose backward pass recomputes its forward pass."""
-    @tf.custom_gradient
-    def conv(x, *weights):
-        def gradient(dy):
-            inputs = [x, *weights]
-            with tf.GradientTape() as tape:
-                tape.watch(inputs)
-                y = _conv_stack(spec, x, list(weights))
-            return tape.gradient(y, inputs, output_gradients=dy)
-        return _conv_stack(spec, x, list(weights)), gradient
-    return conv
-
-
 def _operation(spec, x, index, weights):
     """Operation ``spec`` on ``x`` with the weights of input ``index`` (a branch)."""
     if spec.family in ("sep_conv", "dil_conv"):
-        # Recomputed in the backward pass: its only intermediates are then its
-        # inputs, so the other branches of the switch fill no zeros for them.
-        # tf.identity: the branch's own copy of x (a custom gradient may only
-        # refer to tensors of the branch's graph).
-        return lambda: _recomputed_conv_stack(spec)(tf.identity(x), *[tf.gather(w, index) for w in weights])
+        return lambda: _conv_stack(spec, x, [tf.gather(w, index) for w in weights])
     if spec.family == "skip":
         return lambda: tf.identity(x)
     if spec.pool == "max":
-        return lambda: max_pool_3x3(x, 1)
+        # The gradient's branch recomputes the pooling: oneDNN's fast
+        # MaxPoolGrad needs its forward op beside it (see max_pool_3x3).
+        # tf.identity: the branch's own copy of x (a custom gradient may only
+        # refer to tensors of the branch's graph).
+        return lambda: max_pool_3x3(tf.identity(x), 1, gradient_recomputes=True)
     return lambda: tf.nn.avg_pool2d(x, 3, 1, "SAME")   # SAME at stride 1 excludes the padding
 
 
