@@ -174,6 +174,13 @@ class SharedOperand(keras.layers.Layer):
                 "operations": list(self.operations)}
 
 
+def _select(nodes, index):
+    """``nodes[index]`` for a tensor ``index``.  A switch rather than a gather
+    from the stacked nodes: no stacked copy forward, and backward the chosen
+    node alone receives the gradient (no scatter into a stack, no unstack)."""
+    return tf.switch_case(index, [lambda node=node: tf.identity(node) for node in nodes])
+
+
 def _calibration(mode, channels, name, dtype):
     if mode == "reduce":
         return FactorizedReduce(channels, dtype=dtype, name=name)
@@ -250,12 +257,11 @@ class EnasCell(keras.layers.Layer):
     def call(self, s0, s1, row, training=True):
         pre, nodes = self._inputs(s0, s1)
         for i in range(self.space.num_nodes):
-            stacked = tf.stack(nodes)
-            total = 0.0
+            operands = []
             for b in range(2):
                 index, op = row[4 * i + 2 * b], row[4 * i + 2 * b + 1]
-                total = total + self.operands[2 * i + b](tf.gather(stacked, index), index, op)
-            nodes.append(total)
+                operands.append(self.operands[2 * i + b](_select(nodes, index), index, op))
+            nodes.append(operands[0] + operands[1])
         mask = tf.cast(self.output_mask(row), self.out_kernel.dtype)
         kernel = tf.reshape(self.out_kernel * mask[:, None, None], (-1, self.channels))
         out = self.out_bn(_pointwise(tf.nn.relu(tf.concat(nodes, axis=-1)), kernel), training=True)
