@@ -174,11 +174,27 @@ class SharedOperand(keras.layers.Layer):
                 "operations": list(self.operations)}
 
 
-def _select(nodes, index):
-    """``nodes[index]`` for a tensor ``index``.  A switch rather than a gather
-    from the stacked nodes: no stacked copy forward, and backward the chosen
-    node alone receives the gradient (no scatter into a stack, no unstack)."""
-    return tf.switch_case(index, [lambda node=node: tf.identity(node) for node in nodes])
+class _NodeList:
+    """A cell's nodes as a tensor list, read at a tensor index.  The list
+    holds references: no stacked copy forward (a gather from the stacked
+    nodes), and backward a read's gradient reaches only the node read, where
+    a gather or a switch gives every other node a zero-filled gradient to
+    sum."""
+
+    def __init__(self, nodes, capacity):
+        self.dtype = nodes[0].dtype
+        self.shape = [-1 if d is None else d for d in nodes[0].shape]
+        self.handle = tf.raw_ops.EmptyTensorList(element_shape=self.shape, max_num_elements=capacity,
+                                                 element_dtype=self.dtype)
+        for node in nodes:
+            self.append(node)
+
+    def append(self, node):
+        self.handle = tf.raw_ops.TensorListPushBack(input_handle=self.handle, tensor=node)
+
+    def __getitem__(self, index):
+        return tf.raw_ops.TensorListGetItem(input_handle=self.handle, index=index, element_shape=self.shape,
+                                            element_dtype=self.dtype)
 
 
 def _calibration(mode, channels, name, dtype):
@@ -256,12 +272,14 @@ class EnasCell(keras.layers.Layer):
 
     def call(self, s0, s1, row, training=True):
         pre, nodes = self._inputs(s0, s1)
+        candidates = _NodeList(nodes, 2 + self.space.num_nodes)
         for i in range(self.space.num_nodes):
             operands = []
             for b in range(2):
                 index, op = row[4 * i + 2 * b], row[4 * i + 2 * b + 1]
-                operands.append(self.operands[2 * i + b](_select(nodes, index), index, op))
+                operands.append(self.operands[2 * i + b](candidates[index], index, op))
             nodes.append(operands[0] + operands[1])
+            candidates.append(nodes[-1])
         mask = tf.cast(self.output_mask(row), self.out_kernel.dtype)
         kernel = tf.reshape(self.out_kernel * mask[:, None, None], (-1, self.channels))
         out = self.out_bn(_pointwise(tf.nn.relu(tf.concat(nodes, axis=-1)), kernel), training=True)
