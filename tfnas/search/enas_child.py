@@ -79,32 +79,18 @@ def _conv_stack(spec, x, weights):
     return x
 
 
-def _recomputed_conv_stack(spec):
-    """:func:`_conv_stack` whose backward pass recomputes its forward pass."""
-    @tf.custom_gradient
-    def conv(x, *weights):
-        def gradient(dy):
-            inputs = [x, *weights]
-            with tf.GradientTape() as tape:
-                tape.watch(inputs)
-                y = _conv_stack(spec, x, list(weights))
-            return tape.gradient(y, inputs, output_gradients=dy)
-        return _conv_stack(spec, x, list(weights)), gradient
-    return conv
-
-
 def _operation(spec, x, index, weights):
     """Operation ``spec`` on ``x`` with the weights of input ``index`` (a branch)."""
     if spec.family in ("sep_conv", "dil_conv"):
-        # Recomputed in the backward pass: its only intermediates are then its
-        # inputs, so the other branches of the switch fill no zeros for them.
-        # tf.identity: the branch's own copy of x (a custom gradient may only
-        # refer to tensors of the branch's graph).
-        return lambda: _recomputed_conv_stack(spec)(tf.identity(x), *[tf.gather(w, index) for w in weights])
+        return lambda: _conv_stack(spec, x, [tf.gather(w, index) for w in weights])
     if spec.family == "skip":
         return lambda: tf.identity(x)
     if spec.pool == "max":
-        return lambda: max_pool_3x3(x, 1)
+        # The gradient's branch recomputes the pooling: oneDNN's fast
+        # MaxPoolGrad needs its forward op beside it (see max_pool_3x3).
+        # tf.identity: the branch's own copy of x (a custom gradient may only
+        # refer to tensors of the branch's graph).
+        return lambda: max_pool_3x3(tf.identity(x), 1, gradient_recomputes=True)
     return lambda: tf.nn.avg_pool2d(x, 3, 1, "SAME")   # SAME at stride 1 excludes the padding
 
 
@@ -188,6 +174,29 @@ class SharedOperand(keras.layers.Layer):
                 "operations": list(self.operations)}
 
 
+class _NodeList:
+    """A cell's nodes as a tensor list, read at a tensor index.  The list
+    holds references: no stacked copy forward (a gather from the stacked
+    nodes), and backward a read's gradient reaches only the node read, where
+    a gather or a switch gives every other node a zero-filled gradient to
+    sum."""
+
+    def __init__(self, nodes, capacity):
+        self.dtype = nodes[0].dtype
+        self.shape = [-1 if d is None else d for d in nodes[0].shape]
+        self.handle = tf.raw_ops.EmptyTensorList(element_shape=self.shape, max_num_elements=capacity,
+                                                 element_dtype=self.dtype)
+        for node in nodes:
+            self.append(node)
+
+    def append(self, node):
+        self.handle = tf.raw_ops.TensorListPushBack(input_handle=self.handle, tensor=node)
+
+    def __getitem__(self, index):
+        return tf.raw_ops.TensorListGetItem(input_handle=self.handle, index=index, element_shape=self.shape,
+                                            element_dtype=self.dtype)
+
+
 def _calibration(mode, channels, name, dtype):
     if mode == "reduce":
         return FactorizedReduce(channels, dtype=dtype, name=name)
@@ -263,13 +272,14 @@ class EnasCell(keras.layers.Layer):
 
     def call(self, s0, s1, row, training=True):
         pre, nodes = self._inputs(s0, s1)
+        candidates = _NodeList(nodes, 2 + self.space.num_nodes)
         for i in range(self.space.num_nodes):
-            stacked = tf.stack(nodes)
-            total = 0.0
+            operands = []
             for b in range(2):
                 index, op = row[4 * i + 2 * b], row[4 * i + 2 * b + 1]
-                total = total + self.operands[2 * i + b](tf.gather(stacked, index), index, op)
-            nodes.append(total)
+                operands.append(self.operands[2 * i + b](candidates[index], index, op))
+            nodes.append(operands[0] + operands[1])
+            candidates.append(nodes[-1])
         mask = tf.cast(self.output_mask(row), self.out_kernel.dtype)
         kernel = tf.reshape(self.out_kernel * mask[:, None, None], (-1, self.channels))
         out = self.out_bn(_pointwise(tf.nn.relu(tf.concat(nodes, axis=-1)), kernel), training=True)
