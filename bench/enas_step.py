@@ -4,11 +4,14 @@
 Builds ``search.py --method enas``'s method (the shared child, the
 controller, REINFORCE) on cifar10-mini and times, after warm-up:
 
-- the child's compiled training step, a different sampled architecture each
-  call (the sampling itself timed apart), against the training step of the
-  evaluation network (``NetworkCIFAR``, tfnas's ``Trainer``) of one of those
-  architectures' genotype at the same C, layers and batch: ``child_over_fixed``
-  (the issue's target: <= 1.3);
+- for each of ``--architectures`` sampled architectures, the child's
+  compiled training step (one traced function for all) with that
+  architecture against the training step of the evaluation network
+  (``NetworkCIFAR``, tfnas's ``Trainer``) of that architecture's cell at the
+  same C, layers and batch, the two alternating step by step:
+  ``child_over_fixed`` is the mean child step over the mean fixed step (the
+  issue's target: <= 1.3), with the ratio per architecture beside it; the
+  sampling itself is timed apart;
 - one controller update (``samples_per_update`` sampled architectures, each
   rewarded with the child's accuracy on a validation batch, then REINFORCE);
 - a derivation of 100 sampled architectures, each scored on a batch;
@@ -24,6 +27,7 @@ import argparse
 import json
 import os
 import resource
+import statistics
 import sys
 import time
 
@@ -55,22 +59,21 @@ def _method(args):
     return method
 
 
-def _child_timing(method, args):
+def _child_trace(method, args):
+    """A batch, ``--architectures`` sampled architectures, the child step's
+    first call (trace) and the time to sample one architecture."""
     batch = next(iter(method.train_stream.next_pass()))
-    archs = [method.sampler.sample()[0] for _ in range(8)]
+    archs = [method.sampler.sample()[0] for _ in range(args.architectures)]
     t0 = time.perf_counter()
     method._step_fn(batch, archs[0])[0].numpy()
     trace = time.perf_counter() - t0
-    calls = iter(range(10 ** 9))
-
-    def child_step():
-        method._step_fn(batch, archs[next(calls) % len(archs)])[0].numpy()
-    child = median_seconds(child_step, args.warmup, args.steps)
     sample = median_seconds(lambda: method.sampler.sample()[0].numpy(), 3, 20)
-    return batch, archs, trace, child, sample
+    return batch, archs, trace, sample
 
 
-def _fixed_timing(method, batch, arch, args):
+def _fixed_step(method, batch, arch, args):
+    """The compiled training step of the evaluation network of ``arch``'s cell
+    (same C, layers and batch)."""
     import tensorflow as tf
     from tfnas.networks import NetworkCIFAR
     from tfnas.search.enas_controller import arch_to_genotype
@@ -82,7 +85,26 @@ def _fixed_timing(method, batch, arch, args):
     spec = tuple(tf.TensorSpec(t.shape, t.dtype) for t in batch)
     step = trainer.compiled(spec).train
     step(batch).numpy()
-    return median_seconds(lambda: step(batch).numpy(), args.warmup, args.steps), genotype
+    return lambda: step(batch).numpy()
+
+
+def _paired_timing(method, batch, archs, args):
+    """Median seconds per step of the child with each architecture and of the
+    fixed network of that architecture's cell, the two alternating step by
+    step so that a change of the host's load hits both alike."""
+    fixed = [_fixed_step(method, batch, arch, args) for arch in archs]
+    steps = [(lambda arch=arch: method._step_fn(batch, arch)[0].numpy(), f) for arch, f in zip(archs, fixed)]
+    for child_step, fixed_step in steps:
+        for _ in range(args.warmup):
+            child_step(), fixed_step()
+    child_times, fixed_times = [[] for _ in archs], [[] for _ in archs]
+    for _ in range(args.steps):
+        for k, (child_step, fixed_step) in enumerate(steps):
+            for fn, times in ((child_step, child_times[k]), (fixed_step, fixed_times[k])):
+                t0 = time.perf_counter()
+                fn()
+                times.append(time.perf_counter() - t0)
+    return [statistics.median(t) for t in child_times], [statistics.median(t) for t in fixed_times]
 
 
 def _controller_timing(method):
@@ -102,7 +124,9 @@ def main():
     p.add_argument("--layers", type=int, default=8)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--space", default="enas", choices=("enas", "darts"))
-    p.add_argument("--steps", type=int, default=10, help="timed steps per setting")
+    p.add_argument("--steps", type=int, default=10, help="timed steps per architecture and network")
+    p.add_argument("--architectures", type=int, default=3,
+                   help="sampled architectures, each timed in the child and as a fixed network")
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--data", default=DATA)
     args = p.parse_args()
@@ -111,8 +135,10 @@ def main():
     keras.utils.set_random_seed(0)
 
     method = _method(args)
-    batch, archs, trace, child, sample = _child_timing(method, args)
-    fixed, genotype = _fixed_timing(method, batch, archs[0], args)
+    batch, archs, trace, sample = _child_trace(method, args)
+    child_s, fixed_s = _paired_timing(method, batch, archs, args)
+    child, fixed = statistics.mean(child_s), statistics.mean(fixed_s)
+    per_arch = [round(c / f, 3) for c, f in zip(child_s, fixed_s)]
     val = next(iter(method.reward_stream.next_pass()))
     method.reward_for_bench = lambda arch: method.accuracy(val, arch)
     method.config = method.config.__class__(**{**method.config.to_dict(), "derive_samples": 100})
@@ -121,13 +147,14 @@ def main():
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"child step: {1000 * child:.0f} ms (sampling an architecture: {1000 * sample:.0f} ms; "
           f"first call {trace:.1f} s)")
-    print(f"fixed network of the sampled cell ({genotype.to_repr()[:60]}...): {1000 * fixed:.0f} ms")
-    print(f"child / fixed: {child / fixed:.2f} (target <= 1.3)")
+    print(f"fixed networks of the same cells: {1000 * fixed:.0f} ms (mean over {len(archs)} architectures)")
+    print(f"child / fixed: {child / fixed:.2f} (target <= 1.3); per architecture: {per_arch}")
     print(f"controller update ({method.config.samples_per_update} samples + REINFORCE): {update:.2f} s "
           f"(first {controller_trace:.1f} s); derivation of 100 samples: {derive:.1f} s")
     print(f"peak RSS {peak:.0f} MB; load {os.getloadavg()[0]:.2f}")
     print(json.dumps({"child_over_fixed": round(child / fixed, 3), "child_ms": round(1000 * child, 1),
-                      "fixed_ms": round(1000 * fixed, 1), "sample_ms": round(1000 * sample, 1),
+                      "fixed_ms": round(1000 * fixed, 1), "child_over_fixed_per_architecture": per_arch,
+                      "sample_ms": round(1000 * sample, 1),
                       "controller_update_s": round(update, 3), "derive_100_s": round(derive, 2),
                       "trace_s": round(trace, 1), "controller_trace_s": round(controller_trace, 1),
                       "peak_rss_mb": round(peak), "loadavg": round(os.getloadavg()[0], 2),
