@@ -37,7 +37,7 @@ from tfnas.runtime import configure_threads, quiet_tensorflow  # noqa: E402
 
 quiet_tensorflow()
 
-from timing import median_seconds  # noqa: E402
+from timing import alternating_times, median_seconds  # noqa: E402
 
 DATA = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "..", "shared", "data",
                     "cifar10-mini")
@@ -92,18 +92,13 @@ def _paired_timing(method, batch, archs, args):
     """Median seconds per step of the child with each architecture and of the
     fixed network of that architecture's cell, the two alternating step by
     step so that a change of the host's load hits both alike."""
-    fixed = [_fixed_step(method, batch, arch, args) for arch in archs]
-    steps = [(lambda arch=arch: method._step_fn(batch, arch)[0].numpy(), f) for arch, f in zip(archs, fixed)]
-    for child_step, fixed_step in steps:
-        for _ in range(args.warmup):
-            child_step(), fixed_step()
-    child_times, fixed_times = [[] for _ in archs], [[] for _ in archs]
-    for _ in range(args.steps):
-        for k, (child_step, fixed_step) in enumerate(steps):
-            for fn, times in ((child_step, child_times[k]), (fixed_step, fixed_times[k])):
-                t0 = time.perf_counter()
-                fn()
-                times.append(time.perf_counter() - t0)
+    steps = {}
+    for k, arch in enumerate(archs):
+        steps["child", k] = lambda arch=arch: method._step_fn(batch, arch)[0].numpy()
+        steps["fixed", k] = _fixed_step(method, batch, arch, args)
+    wall, _ = alternating_times(steps, args.warmup, args.steps)
+    child_times = [wall["child", k] for k in range(len(archs))]
+    fixed_times = [wall["fixed", k] for k in range(len(archs))]
     return [statistics.median(t) for t in child_times], [statistics.median(t) for t in fixed_times]
 
 

@@ -17,3 +17,24 @@ def median_seconds(step, warmup: int, steps: int) -> float:
         step()
         times.append(time.perf_counter() - t0)
     return statistics.median(times)
+
+
+def alternating_times(steps: dict, warmup: int, rounds: int, per_round: int = 1) -> tuple:
+    """Wall and process-CPU seconds per call of each callable in ``steps``
+    (name -> callable), the callables taking turns: each is called ``warmup``
+    times untimed, then ``rounds`` rounds call each ``per_round`` times.
+    Taking turns keeps a drift of the host's speed from favouring one.
+    Returns ``({name: [wall s]}, {name: [cpu s]})``."""
+    for step in steps.values():
+        for _ in range(warmup):
+            step()
+    wall = {name: [] for name in steps}
+    cpu = {name: [] for name in steps}
+    for _ in range(rounds):
+        for name, step in steps.items():
+            for _ in range(per_round):
+                t, c = time.perf_counter(), time.process_time()
+                step()
+                wall[name].append(time.perf_counter() - t)
+                cpu[name].append(time.process_time() - c)
+    return wall, cpu

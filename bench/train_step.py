@@ -30,6 +30,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from tfnas.runtime import configure_threads, quiet_tensorflow  # noqa: E402
+from timing import alternating_times  # noqa: E402  (bench/timing.py)
 
 quiet_tensorflow()
 
@@ -81,26 +82,16 @@ def main():
     step(batch).numpy()
     trace_s = time.perf_counter() - t0
 
-    def timed(drop_paths, rounds=3):
-        """Median and min wall ms and median CPU ms per step for each drop
-        path probability, the settings alternating in ``rounds`` rounds so
-        that a drift of the host's speed does not favour one of them."""
-        times = {p: [] for p in drop_paths}
-        cpu = {p: [] for p in drop_paths}
-        for _ in range(rounds):
-            for p in drop_paths:
-                model.drop_path_prob.assign(p)
-                for _ in range(args.warmup):
-                    step(batch).numpy()
-                for _ in range(max(1, args.steps // rounds)):
-                    t, c = time.perf_counter(), time.process_time()
-                    step(batch).numpy()
-                    times[p].append(time.perf_counter() - t)
-                    cpu[p].append(time.process_time() - c)
-        return {p: (1000 * statistics.median(times[p]), 1000 * min(times[p]), 1000 * statistics.median(cpu[p]))
-                for p in drop_paths}
+    def at(drop_path):
+        def run():  # the assignment (a scalar variable) is negligible beside the step
+            model.drop_path_prob.assign(drop_path)
+            step(batch).numpy()
+        return run
 
-    timings = timed((0.0, 0.2))
+    # the two settings take turns in 3 rounds: a drift of the host favours neither
+    wall, cpu = alternating_times({p: at(p) for p in (0.0, 0.2)}, args.warmup, 3, max(1, args.steps // 3))
+    timings = {p: (1000 * statistics.median(wall[p]), 1000 * min(wall[p]), 1000 * statistics.median(cpu[p]))
+               for p in wall}
     (ms, ms_min, cpu_ms), (ms_dp, ms_dp_min, _) = timings[0.0], timings[0.2]
     assert trainer.trace_counts["train"] == 1, trainer.trace_counts
     peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

@@ -15,7 +15,7 @@ import dataclasses
 import math
 from dataclasses import asdict, dataclass, field
 
-from tfnas.kernels import KERNEL_CHOICES
+from tfnas.kernels import KERNEL_CHOICES, check_kernels
 from tfnas.resolve import genotype_from_config
 
 __all__ = ["PRESETS", "STRATEGIES", "STEM_CHOICES", "KERNEL_CHOICES", "TrainConfig",
@@ -149,8 +149,10 @@ class TrainConfig:
             problems.append("early_crop and early_crop_epochs go together: give both or neither")
         if self.stem not in STEM_CHOICES:
             problems.append(f"stem must be auto, cifar or imagenet64 (got {self.stem!r})")
-        if self.kernels not in KERNEL_CHOICES:
-            problems.append(f"kernels must be one of {', '.join(KERNEL_CHOICES)} (got {self.kernels!r})")
+        try:
+            check_kernels(self.kernels)
+        except ValueError as e:
+            problems.append(str(e))
         if self.strategy not in STRATEGIES:
             problems.append(f"strategy must be one of {', '.join(STRATEGIES)} (got {self.strategy!r})")
         if problems:

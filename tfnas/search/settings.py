@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields
 
-from tfnas.kernels import KERNEL_CHOICES
+from tfnas.kernels import check_kernels
 from tfnas.space import SPACES, CellSpace
 
 __all__ = ["DartsConfig", "SharedChildConfig", "EnasConfig", "RandomConfig", "MethodInfo", "METHODS", "PRESETS", "SearchSettings", "HESSIAN_MODES",
@@ -62,9 +62,10 @@ class DartsConfig(_MethodConfig):
     kernels: str = "auto"             # the operations' kernels (tfnas.kernels): auto | cpu | standard
 
     def __post_init__(self):
-        if self.kernels not in KERNEL_CHOICES:
-            raise SearchSettingsError(f"kernels must be one of {', '.join(KERNEL_CHOICES)}, "
-                                      f"not {self.kernels!r}")
+        try:
+            check_kernels(self.kernels)
+        except ValueError as e:
+            raise SearchSettingsError(str(e)) from None
         if self.order not in (1, 2):
             raise SearchSettingsError(f"order must be 1 or 2, not {self.order!r}")
         if self.hessian not in HESSIAN_MODES:
