@@ -159,7 +159,19 @@ def _depthwise_derivatives(layer, x, v):
     return y, dx, dk, outer.gradient(directional, x)
 
 
-@pytest.mark.parametrize("compiled", [False, True], ids=["eager", "tf.function"])
+def _traced(fn, layer, mode, x):
+    """``fn(layer, x, v)`` eager, in a ``tf.function``, or in one traced for
+    any batch size (unknown static batch: the filter gradient's dynamic
+    shapes)."""
+    if mode == "eager":
+        return lambda x, v: fn(layer, x, v)
+    if mode == "tf.function":
+        return tf.function(lambda x, v: fn(layer, x, v))
+    spec = tf.TensorSpec((None, *x.shape[1:]), x.dtype)
+    return tf.function(lambda x, v: fn(layer, x, v), input_signature=[spec, spec])
+
+
+@pytest.mark.parametrize("compiled", ["eager", "tf.function", "any batch"])
 @pytest.mark.parametrize("kernel,dilation,padding,dtype", [
     (5, 1, "same", "float32"), (5, 2, "same", "float32"), (5, 1, "valid", "float32"),
     (7, 1, "same", "float64"), (5, 2, "same", "float64"), (3, 1, "same", "float32")])
@@ -175,9 +187,9 @@ def test_depthwise_filter_gradient_matches_keras(kernel, dilation, padding, dtyp
     theirs.build(x.shape)
     theirs.kernel.assign(ours.kernel)
     assert ours._fast_filter_gradient(x) == (kernel >= 5)
-    fn = tf.function(_depthwise_derivatives) if compiled else _depthwise_derivatives
     tol = dict(rtol=1e-4, atol=1e-4) if dtype == "float32" else dict(rtol=1e-10, atol=1e-10)
-    for a, b in zip(fn(ours, x, v), fn(theirs, x, v)):
+    for a, b in zip(_traced(_depthwise_derivatives, ours, compiled, x)(x, v),
+                    _traced(_depthwise_derivatives, theirs, compiled, x)(x, v)):
         np.testing.assert_allclose(a.numpy(), b.numpy(), **tol)
     assert ops.DepthwiseConv2D.from_config(ours.get_config()).kernel_size == (kernel, kernel)
 

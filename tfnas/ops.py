@@ -206,8 +206,12 @@ class BatchNorm(keras.layers.Layer):
         else:
             scale = tf.ones((channels,), tf.float32)
             offset = tf.zeros((channels,), tf.float32)
-        y, mean, variance = tf.compat.v1.nn.fused_batch_norm(
-            x, scale, offset, epsilon=self.epsilon, data_format="NHWC", is_training=True)
+        # The raw op, as tf.compat.v1.nn.fused_batch_norm calls it, without
+        # that wrapper's conversions: trace time, for ~900 BNs per search pass.
+        empty = tf.constant([], tf.float32)
+        y, mean, variance, _, _, _ = tf.raw_ops.FusedBatchNormV3(
+            x=x, scale=scale, offset=offset, mean=empty, variance=empty,
+            epsilon=self.epsilon, data_format="NHWC", is_training=True)
         return y, mean, variance
 
     def _differentiable_training(self, x):
@@ -225,10 +229,11 @@ class BatchNorm(keras.layers.Layer):
 
     def _update_moving(self, mean, variance):
         m = self.momentum
-        mean = tf.stop_gradient(tf.cast(mean, self.moving_mean.dtype))
-        variance = tf.stop_gradient(tf.cast(variance, self.moving_variance.dtype))
-        self.moving_mean.assign(self.moving_mean * m + mean * (1.0 - m))
-        self.moving_variance.assign(self.moving_variance * m + variance * (1.0 - m))
+        for moving, batch in ((self.moving_mean, mean), (self.moving_variance, variance)):
+            batch = tf.stop_gradient(tf.cast(batch, moving.dtype))
+            # One read as a tensor: arithmetic on the Keras variable itself
+            # costs several times the trace time.
+            moving.assign(tf.convert_to_tensor(moving) * m + batch * (1.0 - m))
 
     def compute_output_shape(self, input_shape):
         return input_shape
@@ -348,16 +353,32 @@ def _depthwise_filter_gradient(x, dy, kernel_size, padding):
     kh, kw = kernel_size
     if padding == "SAME":  # stride 1: pad k-1 in total, the extra pixel after
         x = tf.pad(x, [[0, 0], [(kh - 1) // 2, kh // 2], [(kw - 1) // 2, kw // 2], [0, 0]])
-    x_shape, dy_shape = tf.shape(x), tf.shape(dy)
-    batch, channels = x_shape[0], x_shape[3]
-    image = tf.reshape(tf.transpose(x, [1, 2, 0, 3]),
-                       tf.stack([1, x_shape[1], x_shape[2], batch * channels]))
+    # Static sizes where known: the dynamic ones cost ~20 graph ops per call
+    # (shape slices and stacks), and the search network traces ~200 calls.
+    batch, height, width, channels = _sizes(x)
+    _, dy_height, dy_width, _ = _sizes(dy)
+    image = tf.reshape(tf.transpose(x, [1, 2, 0, 3]), _shape([1, height, width, batch * channels]))
     window = tf.reshape(tf.transpose(dy, [1, 2, 0, 3]),
-                        tf.stack([dy_shape[1], dy_shape[2], batch * channels, 1]))
+                        _shape([dy_height, dy_width, batch * channels, 1]))
     products = tf.raw_ops.DepthwiseConv2dNative(input=image, filter=window, strides=[1, 1, 1, 1],
                                                 padding="VALID")  # (1, kh, kw, B·C)
-    summed = tf.reduce_sum(tf.reshape(products, tf.stack([kh, kw, batch, channels])), axis=2)
+    summed = tf.reduce_sum(tf.reshape(products, _shape([kh, kw, batch, channels])), axis=2)
     return summed[..., None]
+
+
+def _sizes(x) -> list:
+    """The sizes of ``x``'s axes: Python ints where static, scalar tensors
+    where not."""
+    static = x.shape.as_list()
+    if None not in static:
+        return static
+    dynamic = tf.shape(x)
+    return [n if n is not None else dynamic[i] for i, n in enumerate(static)]
+
+
+def _shape(sizes):
+    """A shape argument from :func:`_sizes` values (a list if all static)."""
+    return sizes if all(isinstance(n, int) for n in sizes) else tf.stack(sizes)
 
 
 def _depthwise_conv_fast_filter_gradient(x, kernel, padding):
