@@ -16,7 +16,9 @@ second order (fd), peak 2.7–3.5 GB.
 variables, activations recomputed); it does not apply to ``order2_exact``.
 Like search.py, each mode caps glibc's malloc arenas at one per inter-op
 thread (``--malloc-arenas N`` caps them at N, ``0`` keeps glibc's default,
-for comparison).
+for comparison) and lightens the graph optimiser on a CPU
+(``tfnas.runtime.configure_graph_optimizer``; ``--default-grappler`` keeps
+TensorFlow's settings, for comparison).
 
 With ``--torch-python PY`` (an interpreter that has PyTorch; not a tfnas
 dependency) the PyTorch reference (bench/reference_torch.py) is re-timed in
@@ -39,8 +41,10 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 MODES = {"order1": (1, "fd"), "order2_fd": (2, "fd"), "order2_exact": (2, "exact")}
 
 
-def run_mode(mode, steps, C, layers, batch, inter=None, low_memory=False, malloc_arenas=None):
-    from tfnas.runtime import configure_threads, inter_op_threads, limit_malloc_arenas, quiet_tensorflow
+def run_mode(mode, steps, C, layers, batch, inter=None, low_memory=False, malloc_arenas=None,
+             light_grappler=True):
+    from tfnas.runtime import (configure_graph_optimizer, configure_threads, inter_op_threads,
+                               limit_malloc_arenas, quiet_tensorflow)
     quiet_tensorflow()
     if malloc_arenas is None:
         malloc_arenas = inter_op_threads(inter)  # one per inter-op thread, as search.py
@@ -48,6 +52,8 @@ def run_mode(mode, steps, C, layers, batch, inter=None, low_memory=False, malloc
     import numpy as np
     import tensorflow as tf
     configure_threads(1, inter_op_threads(inter))  # as search.py unless --inter
+    if light_grappler:  # as search.py
+        configure_graph_optimizer()
     from tfnas.search.darts import BilevelSearch, DartsConfig
     from tfnas.search.supernet import SearchNetwork
 
@@ -79,6 +85,7 @@ def run_mode(mode, steps, C, layers, batch, inter=None, low_memory=False, malloc
     return {"mode": mode, "s_per_step": step_s, "steps": times, "build_s": build_s,
             "first_call_s": first_s, "trace_s": first_s - step_s, "peak_rss_mb": peak_mb,
             "inter_op_threads": inter_op_threads(inter), "low_memory": low_memory,
+            "grappler": "light" if light_grappler else "default",
             "malloc_arenas": (malloc_arenas if arenas_capped
                               else os.environ.get("MALLOC_ARENA_MAX", "glibc default")),
             "loadavg": os.getloadavg()[0]}
@@ -100,13 +107,16 @@ def main(argv=None):
     parser.add_argument("--malloc-arenas", type=int, default=None,
                         help="cap glibc malloc arenas at N (default: as search.py, one per inter-op "
                              "thread; 0: glibc's default)")
+    parser.add_argument("--default-grappler", action="store_true",
+                        help="TensorFlow's own graph-optimiser settings (two rounds, memory and layout "
+                             "optimisers) instead of search.py's lighter ones")
     parser.add_argument("--one", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.low_memory and "order2_exact" in (args.one or args.modes).split(","):
         parser.error("--low-memory does not apply to order2_exact (first derivatives only)")
     if args.one:
         print(json.dumps(run_mode(args.one, args.steps, args.C, args.layers, args.batch, args.inter,
-                                  args.low_memory, args.malloc_arenas)))
+                                  args.low_memory, args.malloc_arenas, not args.default_grappler)))
         return 0
     results = {}
     for mode in args.modes.split(","):
@@ -118,6 +128,8 @@ def main(argv=None):
             cmd += ["--low-memory"]
         if args.malloc_arenas is not None:
             cmd += ["--malloc-arenas", str(args.malloc_arenas)]
+        if args.default_grappler:
+            cmd += ["--default-grappler"]
         out = subprocess.run(cmd, capture_output=True, text=True)
         if out.returncode != 0:
             print(out.stderr[-3000:], file=sys.stderr)

@@ -82,3 +82,37 @@ def test_malloc_arenas_are_capped_unless_the_environment_says_otherwise():
     assert heaps > 2 and applied == "applied False"      # threads got arenas of their own
     heaps, applied = _heaps("1", dict(env, MALLOC_ARENA_MAX="3"))
     assert applied == "applied False" and heaps > 1      # the user's setting wins
+
+
+GRAPPLER = """
+import sys
+import tensorflow as tf
+if sys.argv[1] == "light":
+    from tfnas.runtime import configure_graph_optimizer
+    assert configure_graph_optimizer()
+
+@tf.function
+def f(x):
+    for _ in range(20):
+        x = tf.nn.relu(tf.matmul(x, x) * 0.5 + 1.0)
+    return tf.reduce_sum(x)
+
+print(float(f(tf.ones((4, 4)) * 0.1)))
+"""
+
+
+@pytest.mark.parametrize("mode", ["default", "light"])
+def test_light_graph_optimizer_runs_one_round_without_memory_optimizer(mode):
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "0", "TF_CPP_VMODULE": "meta_optimizer=1"}
+    proc = subprocess.run([sys.executable, "-c", GRAPPLER, mode], capture_output=True, text=True,
+                          timeout=120, env=env)
+    assert proc.returncode == 0, proc.stderr
+    passes = [line.split("] ", 1)[1].split(":", 1)[0] for line in proc.stderr.splitlines()
+              if "meta_optimizer.cc" in line and "Graph size after" in line]
+    assert "constant_folding" in passes  # Grappler ran on f, and this test sees its passes
+    if mode == "default":  # TensorFlow's: two rounds, memory and layout optimisers on
+        assert passes.count("constant_folding") == 2
+        assert "memory_optimizer" in passes and "layout" in passes
+    else:
+        assert passes.count("constant_folding") == 1
+        assert "memory_optimizer" not in passes and "layout" not in passes

@@ -139,6 +139,44 @@ def configure_threads(intra_op: int | None = None, inter_op: int | None = None) 
         pass
 
 
+def configure_graph_optimizer() -> bool:
+    """Make TensorFlow's graph optimiser (Grappler) lighter on a CPU-only
+    process: one round of its passes instead of two, and no memory or layout
+    optimiser.  Call before the first ``tf.function`` runs; ``search.py``
+    does.
+
+    Grappler takes most of the first call of a search step (its graph has
+    tens of thousands of operations), and on a CPU the second round, the
+    memory optimiser (GPU swapping heuristics) and the layout optimiser
+    (NCHW for cuDNN) change nothing that the steps use; without them the
+    first call is much shorter at the same step time and a slightly lower
+    peak (docs/benchmarks.md).  With a GPU visible nothing changes.  The
+    round count and the memory optimiser have no public switch, so they go
+    through the eager context's base config; if a TensorFlow release
+    removes that, only the layout optimiser is switched off.  Returns
+    whether the lighter settings applied.
+    """
+    import tensorflow as tf
+    if tf.config.list_physical_devices("GPU"):
+        return False
+    tf.config.optimizer.set_experimental_options({"layout_optimizer": False})
+    try:
+        from tensorflow.core.protobuf import config_pb2, rewriter_config_pb2
+        from tensorflow.python.eager import context
+        ctx = context.context()
+        config = config_pb2.ConfigProto()
+        if ctx._config is not None:
+            config.CopyFrom(ctx._config)
+        rewrite = config.graph_options.rewrite_options
+        rewrite.meta_optimizer_iterations = rewriter_config_pb2.RewriterConfig.ONE
+        rewrite.memory_optimization = rewriter_config_pb2.RewriterConfig.NO_MEM_OPT
+        ctx._config = config
+        ctx._thread_local_data.function_call_options = None  # rebuilt from the config
+    except (ImportError, AttributeError):  # pragma: no cover - a TensorFlow without the hook
+        return False
+    return True
+
+
 def inter_op_threads(requested: int | None = None, *, iterators_per_epoch: bool = False) -> int:
     """The inter-op pool size for a run that feeds from ``tf.data``.
 

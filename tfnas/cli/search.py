@@ -184,10 +184,11 @@ def _main(argv=None):
             split_cpu(args.cpu_devices)
         except RuntimeError as err:
             raise UsageError(f"--cpu-devices must be set before TensorFlow starts: {err}") from None
-    from tfnas.runtime import configure_threads, inter_op_threads
+    from tfnas.runtime import configure_graph_optimizer, configure_threads, inter_op_threads
     # One intra-op thread: measured fastest for NAS cells on small CPUs; the
     # inter-op pool as train.py (the search keeps one iterator per pipeline).
     configure_threads(1, inter_op_threads())
+    configure_graph_optimizer()
 
     log = sys.stderr if args.json else sys.stdout
     if args.resume:
