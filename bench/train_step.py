@@ -38,27 +38,27 @@ REFERENCE_MS = 332.0
 REFERENCE_MS_DROP_PATH = 349.0
 
 
-def main():
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def add_network_arguments(p):
+    """The options that choose the network and the batch (shared with
+    bench/step_profile.py)."""
     p.add_argument("--genotype", default="DARTS_V2")
     p.add_argument("--init-channels", type=int, default=16)
     p.add_argument("--layers", type=int, default=8)
     p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--steps", type=int, default=30, help="timed steps per setting")
-    p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--intra", type=int, default=None, help="intra-op threads (default: TF's)")
     p.add_argument("--inter", type=int, default=None, help="inter-op threads (default: TF's)")
     p.add_argument("--data", default=os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                                                   "..", "shared", "data", "cifar10-mini"))
-    p.add_argument("--torch-python", default=None,
-                   help="python with torch: also time the PyTorch reference in this run")
-    args = p.parse_args()
 
-    configure_threads(args.intra, args.inter)
+
+def build_trainer(args):
+    """``(model, trainer, batch, source)``: NetworkCIFAR of ``args.genotype``
+    without auxiliary head, its Trainer, and one augmented batch of
+    cifar10-mini (random images if the data is not at hand)."""
     import keras
     import tensorflow as tf
     from tfnas import data as data_lib
-    from tfnas.networks import NetworkCIFAR, count_parameters
+    from tfnas.networks import NetworkCIFAR
     from tfnas.training import Trainer
 
     keras.utils.set_random_seed(0)
@@ -73,8 +73,24 @@ def main():
     model = NetworkCIFAR(args.genotype, init_channels=args.init_channels, layers=args.layers,
                          num_classes=10, auxiliary=False)
     model.build((None, 32, 32, 3))
-    strategy = tf.distribute.get_strategy()
-    trainer = Trainer(model, strategy)
+    trainer = Trainer(model, tf.distribute.get_strategy())
+    return model, trainer, batch, source
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    add_network_arguments(p)
+    p.add_argument("--steps", type=int, default=30, help="timed steps per setting")
+    p.add_argument("--warmup", type=int, default=5)
+    p.add_argument("--torch-python", default=None,
+                   help="python with torch: also time the PyTorch reference in this run")
+    args = p.parse_args()
+
+    configure_threads(args.intra, args.inter)
+    import tensorflow as tf
+    from tfnas.networks import count_parameters
+
+    model, trainer, batch, source = build_trainer(args)
     spec = (tf.TensorSpec((None, 32, 32, 3), tf.float32), tf.TensorSpec((None,), tf.int32))
     step = trainer.compiled(spec).train
 
