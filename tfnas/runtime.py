@@ -142,8 +142,9 @@ def configure_threads(intra_op: int | None = None, inter_op: int | None = None) 
 def configure_graph_optimizer() -> bool:
     """Make TensorFlow's graph optimiser (Grappler) lighter on a CPU-only
     process: one round of its passes instead of two, and no memory or layout
-    optimiser.  Call before the first ``tf.function`` runs; ``search.py``
-    does.
+    optimiser.  Call before the first ``tf.function`` runs, from the thread
+    that runs the steps (TensorFlow keeps its call options per thread);
+    ``search.py`` does.
 
     Grappler takes most of the first call of a search step (its graph has
     tens of thousands of operations), and on a CPU the second round, the
