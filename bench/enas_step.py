@@ -97,9 +97,8 @@ def _paired_timing(method, batch, archs, args):
         steps["child", k] = lambda arch=arch: method._step_fn(batch, arch)[0].numpy()
         steps["fixed", k] = _fixed_step(method, batch, arch, args)
     wall, _ = alternating_times(steps, args.warmup, args.steps)
-    child_times = [wall["child", k] for k in range(len(archs))]
-    fixed_times = [wall["fixed", k] for k in range(len(archs))]
-    return [statistics.median(t) for t in child_times], [statistics.median(t) for t in fixed_times]
+    return tuple([statistics.median(wall[kind, k]) for k in range(len(archs))]
+                 for kind in ("child", "fixed"))
 
 
 def _controller_timing(method):

@@ -26,6 +26,7 @@ import argparse
 import collections
 import glob
 import json
+import math
 import os
 import statistics
 import sys
@@ -43,11 +44,9 @@ quiet_tensorflow()
 CATEGORIES = {
     "depthwise conv": ("DepthwiseConv2dNative", "DepthwiseConv2dNativeBackpropInput",
                        "DepthwiseConv2dNativeBackpropFilter"),
-    "1x1 conv (MatMul)": ("MatMul", "_FusedMatMul", "FusedMatMul", "BatchMatMulV2"),
-    "dense conv": ("Conv2D", "Conv2DBackpropInput", "Conv2DBackpropFilter", "_FusedConv2D",
-                   "FusedConv2D"),
-    "batch norm": ("FusedBatchNormV3", "FusedBatchNormGradV3", "_FusedBatchNormEx",
-                   "FusedBatchNormEx"),
+    "1x1 conv (MatMul)": ("MatMul", "FusedMatMul", "BatchMatMulV2"),
+    "dense conv": ("Conv2D", "Conv2DBackpropInput", "Conv2DBackpropFilter", "FusedConv2D"),
+    "batch norm": ("FusedBatchNormV3", "FusedBatchNormGradV3", "FusedBatchNormEx"),
     "relu": ("Relu", "ReluGrad"),
     "pooling": ("MaxPool", "MaxPoolGrad", "AvgPool", "AvgPoolGrad"),
     "layout and copies": ("Pad", "Transpose", "ConcatV2", "Slice", "StridedSlice", "Split",
@@ -59,11 +58,9 @@ CATEGORIES = {
 CATEGORY_OF = {op: cat for cat, ops in CATEGORIES.items() for op in ops}
 
 
-def _size(shape):
-    n = 1
-    for d in shape:
-        n *= int(d)
-    return n
+CONVOLUTIONS = ("DepthwiseConv2dNative", "DepthwiseConv2dNativeBackpropInput",
+                "DepthwiseConv2dNativeBackpropFilter", "Conv2D", "Conv2DBackpropInput",
+                "Conv2DBackpropFilter")
 
 
 def op_flops(op) -> int:
@@ -74,37 +71,25 @@ def op_flops(op) -> int:
         if t in ("MatMul", "BatchMatMulV2"):
             a = op.inputs[0].shape
             k = a[-2] if (t == "MatMul" and op.get_attr("transpose_a")) else a[-1]
-            return 2 * _size(op.outputs[0].shape) * int(k)
-        if t.startswith("DepthwiseConv2dNative"):
-            out = op.outputs[0].shape if t == "DepthwiseConv2dNative" else None
-            if t == "DepthwiseConv2dNativeBackpropInput":
-                out = op.inputs[2].shape  # out_backprop: work as the forward
-            if t == "DepthwiseConv2dNativeBackpropFilter":
-                out = op.inputs[2].shape
-            kh, kw = (op.inputs[1].shape[:2] if t != "DepthwiseConv2dNativeBackpropFilter"
-                      else op.outputs[0].shape[:2])
-            return 2 * _size(out) * int(kh) * int(kw)
-        if t in ("Conv2D", "Conv2DBackpropInput", "Conv2DBackpropFilter"):
-            out = op.outputs[0].shape if t == "Conv2D" else op.inputs[2].shape
-            kernel = op.inputs[1].shape if t != "Conv2DBackpropFilter" else op.outputs[0].shape
-            kh, kw, cin = (int(kernel[0]), int(kernel[1]), int(kernel[2]))
-            return 2 * _size(out) * kh * kw * cin
+            return 2 * math.prod(op.outputs[0].shape) * int(k)
+        if t in CONVOLUTIONS:
+            # a gradient does the forward's work: per output-gradient element
+            out = op.inputs[2].shape if "Backprop" in t else op.outputs[0].shape
+            kernel = op.outputs[0].shape if t.endswith("BackpropFilter") else op.inputs[1].shape
+            per_output = kernel[0] * kernel[1] * (1 if t.startswith("Depthwise") else kernel[2])
+            return 2 * math.prod(out) * int(per_output)
     except (TypeError, ValueError):  # an unknown dimension
         return 0
     return 0
 
 
 def graph_flops(graph) -> dict:
-    """FLOPs per category over the ops of ``graph`` and its nested functions."""
+    """FLOPs per category over the ops of ``graph``."""
     totals = collections.Counter()
     for op in graph.get_operations():
         flops = op_flops(op)
         if flops:
             totals[CATEGORY_OF.get(op.type, "other")] += flops
-    for fn in getattr(graph, "_functions", {}).values():  # custom gradients, nested calls
-        inner = getattr(fn, "graph", None)
-        if inner is not None:
-            totals.update(graph_flops(inner))
     return totals
 
 
@@ -160,12 +145,13 @@ def profile_op_times(run, steps: int) -> tuple:
 
 def op_type_of(event_name: str) -> str:
     """``"scope/op:_MklNativeFusedBatchNormV3"`` -> ``"FusedBatchNormV3"``: the
-    graph's op type under oneDNN's renaming."""
+    op type without oneDNN's prefix or the leading underscore of TensorFlow's
+    fused ops (``_FusedMatMul`` -> ``FusedMatMul``)."""
     op_type = event_name.rsplit(":", 1)[1]
     for prefix in ("_MklNative", "_Mkl"):
         if op_type.startswith(prefix):
             return op_type[len(prefix):]
-    return op_type
+    return op_type.lstrip("_")
 
 
 def main():
