@@ -2,6 +2,7 @@
 (PyTorch-style symmetric padding), BatchNorm semantics and derivatives,
 parameter counts, serialisation, float64."""
 
+import collections
 import warnings
 
 import numpy as np
@@ -384,24 +385,56 @@ def test_batch_norm_training_output_matches_formula_and_keras(fused, rng):
     np.testing.assert_allclose(y, ref(x, training=True).numpy(), atol=2e-5)
 
 
+@pytest.mark.parametrize("traced", [False, True])
 @pytest.mark.parametrize("fused", [True, False])
-def test_batch_norm_moving_statistics_follow_pytorch(fused, rng):
+def test_batch_norm_moving_statistics_follow_pytorch(fused, traced, rng):
     # PyTorch: running = 0.9 running + 0.1 batch, running_var uses the
     # unbiased (n-1) batch variance; normalisation uses the biased one.
     x = (rng.normal(size=(4, 3, 3, 2)) * 2 + 5).astype(np.float32)
     bn = ops.BatchNorm(fused=fused)
-    bn(x, training=True)
+    bn.build(x.shape)
+    step = tf.function(lambda t: bn(t, training=True)) if traced else (lambda t: bn(t, training=True))
+    step(x)
     flat = x.reshape(-1, 2).astype(np.float64)
     np.testing.assert_allclose(bn.moving_mean.numpy(), 0.1 * flat.mean(0), rtol=1e-5)
     np.testing.assert_allclose(bn.moving_variance.numpy(), 0.9 + 0.1 * flat.var(0, ddof=1), rtol=1e-5)
-    bn(x, training=True)
+    step(x)
     np.testing.assert_allclose(bn.moving_mean.numpy(), 0.19 * flat.mean(0), rtol=1e-5)
+    np.testing.assert_allclose(bn.moving_variance.numpy(), 0.81 + 0.19 * flat.var(0, ddof=1), rtol=1e-5)
     # Inference uses the moving statistics and leaves them alone.
     before = bn.moving_mean.numpy().copy()
     y = bn(x, training=False).numpy()
     expected = (x - bn.moving_mean.numpy()) / np.sqrt(bn.moving_variance.numpy() + EPS) * bn.gamma.numpy()
     np.testing.assert_allclose(y, expected + bn.beta.numpy(), rtol=1e-5, atol=1e-5)
     assert np.array_equal(before, bn.moving_mean.numpy())
+
+
+def test_fused_batch_norm_adds_only_its_kernels_to_a_traced_pass(rng):
+    # A search pass holds ~900 BNs and every graph node costs trace time: the
+    # kernel updates the moving statistics itself, non-affine BNs of one
+    # width share their constant scale and offset, and the tape makes no
+    # zero gradients for the outputs nothing differentiates.
+    x = tf.constant(rng.normal(size=(2, 4, 4, 5)).astype(np.float32))
+    bns = [ops.BatchNorm(affine=False) for _ in range(3)]
+    for bn in bns:
+        bn.build(x.shape)
+
+    def pass_(x):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = x
+            for bn in bns:
+                y = bn(y, training=True)
+            loss = tf.reduce_sum(y * y)
+        return tape.gradient(loss, x)
+
+    graph = tf.function(pass_).get_concrete_function(x).graph
+    types = collections.Counter(op.type for op in graph.get_operations())
+    assert types["FusedBatchNorm"] == 3 and types["FusedBatchNormGrad"] == 3, types
+    assert types["AddV2"] == 0 and types["ZerosLike"] == 0 and types["Fill"] == 0, types
+    vectors = [op for op in graph.get_operations() if op.type == "Const" and op.outputs[0].shape == (5,)]
+    assert len(vectors) == 2, [op.name for op in vectors]   # ones and zeros, shared
+    assert len([op for op in graph.get_operations() if op.type == "AssignVariableOp"]) == 6
 
 
 @pytest.mark.parametrize("fused", [True, False])

@@ -1,5 +1,6 @@
 """tfnas.training: reference optimizer, schedule, compiled steps (on a toy model)."""
 
+import collections
 import math
 
 import keras
@@ -92,6 +93,25 @@ def test_reference_sgd_is_pytorch_sgd_with_coupled_l2():
         ref_w = ref_w - lr * buf                 # current lr times the buffer
     np.testing.assert_allclose(w.numpy(), ref_w, rtol=1e-6)
     assert int(opt.iterations.numpy()) == 3
+
+
+
+def test_reference_sgd_traces_no_per_variable_constants_or_learning_rate_reads():
+    # The search step updates ~1,400 tensors: per variable, only the update
+    # kernel, its weight-decay term and the gradient may be in the graph.
+    def op_types(count, apply_if):
+        ws = [tf.Variable(tf.ones((3,))) for _ in range(count)]
+        opt = training.ReferenceSGD(0.1, momentum=0.9, weight_decay=0.01)
+        opt.build(ws)
+        spec = [tf.TensorSpec((3,), tf.float32)] * count
+        graph = tf.function(lambda gs: opt.apply(gs, ws, apply_if=apply_if)).get_concrete_function(spec).graph
+        return collections.Counter(op.type for op in graph.get_operations())
+
+    for apply_if in (None, tf.constant(True)):
+        few, many = op_types(2, apply_if), op_types(6, apply_if)
+        assert many["ResourceApplyMomentum"] == 6
+        assert many["Const"] == few["Const"], (few, many)
+        assert many["ReadVariableOp"] - few["ReadVariableOp"] == 4, (few, many)   # λ·w only
 
 
 def test_train_step_matches_a_manual_step():

@@ -84,6 +84,24 @@ def _out_size(n, kernel, stride, pad, dilation=1):
 _FUSED_DTYPES = ("float32", "float16", "bfloat16")
 
 
+def _graph_constant(value: float, length: int):
+    """A float32 vector of ``length`` times ``value``, one node per traced
+    graph instead of one per BN (thousands in a search pass; every node costs
+    trace time).  Kept on the graph itself, so it goes with the graph."""
+    if tf.executing_eagerly():
+        return tf.fill((length,), tf.constant(value, tf.float32))
+    graph = tf.compat.v1.get_default_graph()
+    if not hasattr(graph, "_tfnas_constants"):
+        graph._tfnas_constants = {}
+    key = (float(value), int(length))
+    if key not in graph._tfnas_constants:
+        # Made outside any control_dependencies block: a shared node must not
+        # carry the dependencies of the place that happened to create it.
+        with tf.control_dependencies(None):
+            graph._tfnas_constants[key] = tf.constant(value, tf.float32, shape=(length,))
+    return graph._tfnas_constants[key]
+
+
 @_register
 class BatchNorm(keras.layers.Layer):
     """Batch normalisation over the channel (last) axis, PyTorch semantics.
@@ -169,6 +187,14 @@ class BatchNorm(keras.layers.Layer):
         if not training:
             return self._inference(x)
         if self.uses_fused(True):
+            if self.update_statistics and self.unbiased_moving_variance:
+                # The kernel updates the moving statistics itself (PyTorch's
+                # rule, Bessel-corrected variance): no update ops in the graph.
+                y, mean, variance = self._fused_training(
+                    x, (tf.convert_to_tensor(self.moving_mean), tf.convert_to_tensor(self.moving_variance)))
+                self.moving_mean.assign(mean)
+                self.moving_variance.assign(variance)
+                return y
             y, mean, variance = self._fused_training(x)
             unbiased = variance  # FusedBatchNormV3 returns the Bessel-corrected variance
             if not self.unbiased_moving_variance:
@@ -199,20 +225,28 @@ class BatchNorm(keras.layers.Layer):
             shift = shift + tf.cast(self.beta, dtype)
         return x * inv + shift
 
-    def _fused_training(self, x):
+    def _fused_training(self, x, moving=None):
+        """``(y, batch mean, batch variance)``; given ``moving`` (the moving
+        mean and variance), the updated moving statistics in place of the
+        batch's."""
         channels = x.shape[-1]
         if self.affine:
             scale, offset = tf.cast(self.gamma, tf.float32), tf.cast(self.beta, tf.float32)
         else:
-            scale = tf.ones((channels,), tf.float32)
-            offset = tf.zeros((channels,), tf.float32)
-        # The raw op, as tf.compat.v1.nn.fused_batch_norm calls it, without
-        # that wrapper's conversions: trace time, for ~900 BNs per search pass.
-        empty = tf.constant([], tf.float32)
-        y, mean, variance, _, _, _ = tf.raw_ops.FusedBatchNormV3(
-            x=x, scale=scale, offset=offset, mean=empty, variance=empty,
-            epsilon=self.epsilon, data_format="NHWC", is_training=True)
-        return y, mean, variance
+            scale, offset = _graph_constant(1.0, channels), _graph_constant(0.0, channels)
+        if moving is None:
+            moving, factor = (_graph_constant(0.0, 0),) * 2, 1.0
+        else:
+            factor = 1.0 - self.momentum
+        # The raw op, without tf.nn.fused_batch_norm's conversions (trace
+        # time, for ~900 BNs per search pass).  Version 1 in float32: its
+        # unused outputs need no zero gradients on the tape (version 3's get
+        # five zero tensors per BN), and it has the same kernels.
+        fused = tf.raw_ops.FusedBatchNorm if x.dtype == tf.float32 else tf.raw_ops.FusedBatchNormV3
+        outputs = fused(x=x, scale=scale, offset=offset, mean=moving[0], variance=moving[1],
+                        epsilon=self.epsilon, exponential_avg_factor=factor, data_format="NHWC",
+                        is_training=True)
+        return outputs[0], outputs[1], outputs[2]
 
     def _differentiable_training(self, x):
         axes = list(range(len(x.shape) - 1))

@@ -167,24 +167,25 @@ class ReferenceSGD:
         if self.buffers is None:
             raise RuntimeError("ReferenceSGD.build(variables) must run in the strategy scope first")
         variables = [tf_variable(v) for v in variables]
-        momentum, decay, nesterov = self.momentum, self.weight_decay, self.nesterov
+        nesterov = self.nesterov
 
-        def update(var, grad, buf, lr):
+        def update(var, grad, buf, scalars):
             # One fused kernel (buf = μ·buf + g'; w -= lr·buf) instead of ~10
             # ops per variable: the search step updates ~1,400 tensors, and
             # graph size is trace time and memory.
-            grad, mu = grad + decay * var, tf.constant(momentum, var.dtype)
+            lr, mu, decay, zero = scalars
+            grad = grad + decay * var
             if apply_if is not None:   # skipped without control flow: buf = 1·buf + 0, w -= 0
-                grad = tf.where(apply_if, grad, tf.zeros_like(grad))
-                lr = tf.where(apply_if, lr, tf.zeros_like(lr))
-                mu = tf.where(apply_if, mu, tf.ones_like(mu))
+                grad = tf.where(apply_if, grad, zero)
             return tf.raw_ops.ResourceApplyMomentum(
-                var=var.handle, accum=buf.handle, lr=tf.cast(lr, var.dtype),
-                grad=grad, momentum=mu, use_nesterov=nesterov)
+                var=var.handle, accum=buf.handle, lr=lr, grad=grad, momentum=mu, use_nesterov=nesterov)
 
         def merge(strategy, grads, lr):
+            scalars = {}   # per dtype, made once: not three nodes per variable
             for var, grad, buf in zip(variables, grads, self.buffers):
-                strategy.extended.update(var, update, args=(grad, buf, lr), group=False)
+                if var.dtype not in scalars:
+                    scalars[var.dtype] = self._scalars(lr, var.dtype, apply_if)
+                strategy.extended.update(var, update, args=(grad, buf, scalars[var.dtype]), group=False)
             strategy.extended.update(self.iterations, lambda it: it.assign_add(1), group=False)
 
         ctx = tf.distribute.get_replica_context()
@@ -192,6 +193,17 @@ class ReferenceSGD:
             merge(tf.distribute.get_strategy(), grads, self.learning_rate)
         else:
             ctx.merge_call(merge, args=(grads, self.learning_rate))
+
+    def _scalars(self, lr, dtype, apply_if=None) -> tuple:
+        """``(lr, μ, λ, 0)`` as tensors of ``dtype``; a skipped step
+        (``apply_if`` False) has lr 0 and μ 1."""
+        # convert first: tf.cast of a variable to its own dtype is the
+        # variable, read again by every consumer
+        lr, mu = tf.cast(tf.convert_to_tensor(lr), dtype), tf.constant(self.momentum, dtype)
+        if apply_if is not None:
+            lr = tf.where(apply_if, lr, tf.zeros_like(lr))
+            mu = tf.where(apply_if, mu, tf.ones_like(mu))
+        return lr, mu, tf.constant(self.weight_decay, dtype), tf.zeros((), dtype)
 
 
 class DynamicLossScale:
