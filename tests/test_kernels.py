@@ -1,6 +1,8 @@
 """The kernel policy: its choices per device, the standard and the CPU-tuned
 kernels computing the same outputs and gradients, the setting in configs."""
 
+import collections
+
 import numpy as np
 import pytest
 
@@ -140,3 +142,45 @@ def test_a_low_memory_supernet_computes_the_same_under_both_policies():
         results.append([loss, *tape.gradient(loss, model.trainable_variables)])
     for a, b in zip(*results):
         np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-3, atol=1e-5)
+
+
+def test_the_enas_child_follows_the_policy_and_computes_the_same_under_both():
+    # Its shared operands have their own 1×1 convolution and max pool: they
+    # too take the standard kernels (cuDNN on a GPU) under "standard".
+    from tfnas.search.enas_child import EnasChild
+    from tfnas.search.enas_controller import ENAS_MICRO_SPACE
+    from tfnas.space import CellSpace
+    space = CellSpace(ENAS_MICRO_SPACE.operations, 2, "loose_ends")
+    x = tf.constant(np.random.RandomState(4).randn(2, 8, 8, 3), tf.float32)
+    y = tf.constant([0, 4])
+    # node 2: sep_conv_5x5 of input 1 + max pool of input 0; node 3: sep_conv_3x3 of node 2 + skip of input 1
+    arch = tf.constant([[1, 1, 0, 3, 2, 0, 1, 4]] * 2, tf.int32)
+    tuned, standard = _same_weights_pair(
+        lambda k: EnasChild(space, init_channels=4, layers=3, num_classes=5, dropout=0.0, kernels=k),
+        (None, 8, 8, 3))
+    assert standard.cells[0].operands[0].get_config()["kernels"] == "standard"
+
+    def run(model):
+        def step(x):
+            with tf.GradientTape() as tape:
+                loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(
+                    y, model((x, arch), training=True)))
+            return [loss, *tape.gradient(loss, model.trainable_variables)]
+        return step
+
+    def op_counts(model):
+        graph = tf.function(run(model)).get_concrete_function(tf.TensorSpec(x.shape, x.dtype)).graph
+        definition = graph.as_graph_def()   # the operands' functions are in its library
+        nodes = [*definition.node, *(n for f in definition.library.function for n in f.node_def)]
+        return collections.Counter(node.op for node in nodes)
+
+    cpu_ops, standard_ops = op_counts(tuned), op_counts(standard)
+    assert standard_ops.get("Conv2D", 0) > cpu_ops.get("Conv2D", 0)
+    assert standard_ops.get("MatMul", 0) < cpu_ops.get("MatMul", 0)
+    results = [run(model)(x) for model in (tuned, standard)]
+    assert sum(g is not None for g in results[0]) > 20
+    for a, b in zip(*results):
+        assert (a is None) == (b is None)   # weights of operations the architecture does not use
+        if a is not None:   # gathered weights have IndexedSlices gradients
+            np.testing.assert_allclose(tf.convert_to_tensor(a).numpy(), tf.convert_to_tensor(b).numpy(),
+                                       rtol=1e-3, atol=1e-5)

@@ -37,7 +37,8 @@ import numpy as np
 import tensorflow as tf
 
 from tfnas.networks import CellNetwork, dense_classifier
-from tfnas.ops import (BatchNorm, FactorizedReduce, ReLUConvBN, depthwise_conv2d, max_pool_3x3)
+from tfnas.ops import (BatchNorm, FactorizedReduce, ReLUConvBN, check_kernels, depthwise_conv2d, kernel_policy,
+                       max_pool_3x3)
 from tfnas.operations import operation_spec
 from tfnas.plan import cell_plan
 from tfnas.search.enas_controller import resolve_sampling_space
@@ -63,42 +64,47 @@ def _batch_norm(x, gamma, beta):
     return y
 
 
-def _pointwise(x, kernel):
+def _pointwise(x, kernel, kernels="auto"):
+    """A 1×1 convolution by a ``(C_in, C_out)`` kernel: one matrix product
+    under the CPU kernel policy, Conv2D (cuDNN on a GPU) otherwise."""
+    if not kernel_policy(kernels).pointwise_matmul:
+        return tf.nn.conv2d(x, kernel[None, None], 1, "VALID")
     channels = x.shape[-1]
     flat = tf.matmul(tf.reshape(x, (-1, channels)), kernel)
     return tf.reshape(flat, (-1, x.shape[1], x.shape[2], kernel.shape[-1]))
 
 
-def _conv_stack(spec, x, weights):
+def _conv_stack(spec, x, weights, kernels):
     """(ReLU, depthwise, pointwise, BN with batch statistics) per stack of
     four weights (depthwise, pointwise, gamma, beta)."""
     for i in range(0, len(weights), 4):
         depthwise, pointwise, gamma, beta = weights[i:i + 4]
-        x = depthwise_conv2d(tf.nn.relu(x), depthwise, spec.dilation)
-        x = _batch_norm(_pointwise(x, pointwise), gamma, beta)
+        x = depthwise_conv2d(tf.nn.relu(x), depthwise, spec.dilation, kernels=kernels)
+        x = _batch_norm(_pointwise(x, pointwise, kernels), gamma, beta)
     return x
 
 
-def _operation(spec, x, index, weights):
+def _operation(spec, x, index, weights, kernels):
     """Operation ``spec`` on ``x`` with the weights of input ``index`` (a branch)."""
     if spec.family in ("sep_conv", "dil_conv"):
-        return lambda: _conv_stack(spec, x, [tf.gather(w, index) for w in weights])
+        return lambda: _conv_stack(spec, x, [tf.gather(w, index) for w in weights], kernels)
     if spec.family == "skip":
         return lambda: tf.identity(x)
     if spec.pool == "max":
-        # The gradient's branch recomputes the pooling: oneDNN's fast
-        # MaxPoolGrad needs its forward op beside it (see max_pool_3x3).
-        # tf.identity: the branch's own copy of x (a custom gradient may only
-        # refer to tensors of the branch's graph).
-        return lambda: max_pool_3x3(tf.identity(x), 1, gradient_recomputes=True)
+        # Under the CPU policy the gradient's branch recomputes the pooling:
+        # oneDNN's fast MaxPoolGrad needs its forward op beside it (see
+        # max_pool_3x3).  tf.identity: the branch's own copy of x (a custom
+        # gradient may only refer to tensors of the branch's graph).
+        recomputes = kernel_policy(kernels).max_pool_gradient_recomputes
+        return lambda: max_pool_3x3(tf.identity(x), 1, gradient_recomputes=recomputes)
     return lambda: tf.nn.avg_pool2d(x, 3, 1, "SAME")   # SAME at stride 1 excludes the padding
 
 
-def _run_operand(specs, x, index, op, *weights):
+def _run_operand(specs, kernels, x, index, op, *weights):
     branches, start = [], 0
     for spec in specs:
         count = 4 * (2 if spec.family == "sep_conv" else 1) if spec.family in ("sep_conv", "dil_conv") else 0
-        branches.append(_operation(spec, x, index, weights[start:start + count]))
+        branches.append(_operation(spec, x, index, weights[start:start + count], kernels))
         start += count
     return tf.switch_case(op, branches)
 
@@ -106,15 +112,17 @@ def _run_operand(specs, x, index, op, *weights):
 _OPERAND_FUNCTIONS = {}
 
 
-def _operand_function(operations: tuple):
-    """One ``tf.function`` per operation list, the weights passed in: every
-    operand of every cell calls it, so its graph and gradient are traced
-    once per input shape instead of once per operand."""
-    if operations not in _OPERAND_FUNCTIONS:
+def _operand_function(operations: tuple, kernels: str):
+    """One ``tf.function`` per operation list and kernel setting, the weights
+    passed in: every operand of every cell calls it, so its graph and
+    gradient are traced once per input shape instead of once per operand."""
+    key = (operations, kernels)
+    if key not in _OPERAND_FUNCTIONS:
         specs = [operation_spec(name) for name in operations]
-        _OPERAND_FUNCTIONS[operations] = tf.function(
-            lambda x, index, op, *weights: _run_operand(specs, x, index, op, *weights), autograph=False)
-    return _OPERAND_FUNCTIONS[operations]
+        _OPERAND_FUNCTIONS[key] = tf.function(
+            lambda x, index, op, *weights: _run_operand(specs, kernels, x, index, op, *weights),
+            autograph=False)
+    return _OPERAND_FUNCTIONS[key]
 
 
 @_register
@@ -126,10 +134,11 @@ class SharedOperand(keras.layers.Layer):
     dilated ones once with dilation 2; pools are 3×3 at stride 1 (the
     average excluding the padding); ``skip_connect`` is the identity."""
 
-    def __init__(self, channels, num_inputs, operations, **kwargs):
+    def __init__(self, channels, num_inputs, operations, kernels="auto", **kwargs):
         super().__init__(**kwargs)
         self.channels, self.num_inputs = int(channels), int(num_inputs)
         self.operations = tuple(operations)
+        self.kernels = check_kernels(kernels)
         self.specs = [operation_spec(name) for name in self.operations]
         unsupported = [s.name for s in self.specs if s.family not in ("sep_conv", "dil_conv", "pool", "skip")]
         if unsupported:
@@ -163,15 +172,15 @@ class SharedOperand(keras.layers.Layer):
             # in a function first traced under an eager tape gave zero
             # gradients to later graph callers (tested).
             specs = [operation_spec(name) for name in self.operations]
-            return _run_operand(specs, x, input_index, op_index, *weights)
-        return _operand_function(self.operations)(x, input_index, op_index, *weights)
+            return _run_operand(specs, self.kernels, x, input_index, op_index, *weights)
+        return _operand_function(self.operations, self.kernels)(x, input_index, op_index, *weights)
 
     def compute_output_shape(self, input_shape):
         return input_shape
 
     def get_config(self):
         return {**super().get_config(), "channels": self.channels, "num_inputs": self.num_inputs,
-                "operations": list(self.operations)}
+                "operations": list(self.operations), "kernels": self.kernels}
 
 
 class _NodeList:
@@ -197,11 +206,11 @@ class _NodeList:
                                             element_dtype=self.dtype)
 
 
-def _calibration(mode, channels, name, dtype):
+def _calibration(mode, channels, name, dtype, kernels):
     if mode == "reduce":
-        return FactorizedReduce(channels, dtype=dtype, name=name)
+        return FactorizedReduce(channels, kernels=kernels, dtype=dtype, name=name)
     if mode == "project":
-        return ReLUConvBN(channels, 1, 1, dtype=dtype, name=name)
+        return ReLUConvBN(channels, 1, 1, kernels=kernels, dtype=dtype, name=name)
     return None
 
 
@@ -212,19 +221,21 @@ class EnasCell(keras.layers.Layer):
     reduction cell returns ``(factorised reduction of s1, output)``: the
     first is the next cell's first input."""
 
-    def __init__(self, space, channels, reduction=False, input0="identity", input1="identity", **kwargs):
+    def __init__(self, space, channels, reduction=False, input0="identity", input1="identity",
+                 kernels="auto", **kwargs):
         super().__init__(**kwargs)
+        self.kernels = check_kernels(kernels)
         self.space = resolve_sampling_space(space)
         self.channels, self.reduction = int(channels), bool(reduction)
         self.input0, self.input1 = input0, input1
         dt = self.dtype_policy
-        self.pre_reduction = FactorizedReduce(self.channels, dtype=dt, name="pre_reduction") \
+        self.pre_reduction = FactorizedReduce(self.channels, kernels=kernels, dtype=dt, name="pre_reduction") \
             if self.reduction else None
-        self.calibrate0 = _calibration(input0, self.channels, "calibrate0", dt)
-        self.calibrate1 = _calibration(input1, self.channels, "calibrate1", dt)
+        self.calibrate0 = _calibration(input0, self.channels, "calibrate0", dt, kernels)
+        self.calibrate1 = _calibration(input1, self.channels, "calibrate1", dt, kernels)
         nodes = self.space.num_nodes
-        self.operands = [SharedOperand(self.channels, 2 + i, self.space.operations, dtype=dt,
-                                       name=f"node{2 + i}_{b}")
+        self.operands = [SharedOperand(self.channels, 2 + i, self.space.operations, kernels=kernels,
+                                       dtype=dt, name=f"node{2 + i}_{b}")
                          for i in range(nodes) for b in ("x", "y")]
         self.out_bn = BatchNorm(dtype=dt, name="out_bn")
         self._all_concat = self.space.concat == "all"
@@ -282,12 +293,14 @@ class EnasCell(keras.layers.Layer):
             candidates.append(nodes[-1])
         mask = tf.cast(self.output_mask(row), self.out_kernel.dtype)
         kernel = tf.reshape(self.out_kernel * mask[:, None, None], (-1, self.channels))
-        out = self.out_bn(_pointwise(tf.nn.relu(tf.concat(nodes, axis=-1)), kernel), training=True)
+        out = self.out_bn(_pointwise(tf.nn.relu(tf.concat(nodes, axis=-1)), kernel, self.kernels),
+                          training=True)
         return (pre, out) if self.reduction else out
 
     def get_config(self):
         return {**super().get_config(), "space": self.space.to_dict(), "channels": self.channels,
-                "reduction": self.reduction, "input0": self.input0, "input1": self.input1}
+                "reduction": self.reduction, "input0": self.input0, "input1": self.input1,
+                "kernels": self.kernels}
 
 
 def _calibration_modes(slot, stem_channels):
@@ -317,7 +330,7 @@ class EnasChild(CellNetwork):
     def make_cell(self, slot):
         input0, input1 = _calibration_modes(slot, self.plan.stem_channels)
         kind = "reduce" if slot.reduction else "normal"
-        return EnasCell(self.space, slot.channels, slot.reduction, input0, input1,
+        return EnasCell(self.space, slot.channels, slot.reduction, input0, input1, kernels=self.kernels,
                         dtype=self.dtype_policy, name=f"cell{slot.index}_{kind}")
 
     def make_classifier(self):
