@@ -23,7 +23,7 @@ TINY = ["--method", "darts", "--order", "1", "--nodes", "1", "--init-channels", 
     (["--epochs", "0"], "--epochs must be >= 1"),
     (["--order", "2", "--hessian", "exact", "--low-memory"], "use hessian fd"),
     (["--dataset", "folder:/nonexistent/data", "--out", "unused"], "error:"),
-    (["--method", "enas", "--kernels", "cpu"], "--kernels does not apply to --method enas"),
+    (["--method", "enas", "--low-memory"], "--low-memory does not apply to --method enas"),
 ])
 def test_bad_input_is_one_line(argv, message, capsys, tmp_path):
     argv = [a if a != "unused" else str(tmp_path / "run") for a in argv]

@@ -87,7 +87,7 @@ def build_parser() -> ArgumentParser:
                         "memory or for a bigger batch (--resume continues in the form the run "
                         "started with); not with --hessian exact; figures in docs/benchmarks.md")
     p.add_argument("--kernels", choices=KERNEL_CHOICES, default=None,
-                   help="darts: operation kernels: cpu (CPU-tuned), standard (TensorFlow's, cuDNN on "
+                   help="operation kernels: cpu (CPU-tuned), standard (TensorFlow's, cuDNN on "
                         "a GPU) or auto (cpu on a CPU, else standard); the same results either way; "
                         "default auto")
     p.add_argument("--preset", choices=("paper", "small"), default=None,

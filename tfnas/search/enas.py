@@ -87,7 +87,7 @@ class SharedChildSearch(SearchMethod):
         self.space = resolve_sampling_space(settings.space)
         cfg = self.config
         self.child = EnasChild(self.space, settings.init_channels, settings.layers, info.num_classes,
-                               dropout=cfg.dropout, kernels=settings.kernels).build_for(tuple(info.image_shape))
+                               dropout=cfg.dropout, kernels=cfg.kernels).build_for(tuple(info.image_shape))
         # L2 of l2_reg·Σw² in the loss is 2·l2_reg·w in the gradient.
         self.optimizer = ReferenceSGD(cfg.learning_rate, cfg.momentum, 2 * cfg.l2_reg, nesterov=True)
         self.optimizer.build(self.child.trainable_variables)

@@ -41,6 +41,13 @@ class _MethodConfig:
         return {}
 
 
+def _check_kernels_setting(kernels: str) -> None:
+    try:
+        check_kernels(kernels)
+    except ValueError as e:
+        raise SearchSettingsError(str(e)) from None
+
+
 @dataclass(frozen=True)
 class DartsConfig(_MethodConfig):
     """Optimisation settings of the DARTS search (the reference values)."""
@@ -62,10 +69,7 @@ class DartsConfig(_MethodConfig):
     kernels: str = "auto"             # the operations' kernels (tfnas.kernels): auto | cpu | standard
 
     def __post_init__(self):
-        try:
-            check_kernels(self.kernels)
-        except ValueError as e:
-            raise SearchSettingsError(str(e)) from None
+        _check_kernels_setting(self.kernels)
         if self.order not in (1, 2):
             raise SearchSettingsError(f"order must be 1 or 2, not {self.order!r}")
         if self.hessian not in HESSIAN_MODES:
@@ -104,8 +108,10 @@ class SharedChildConfig(_MethodConfig):
     dropout: float = 0.1              # before the classifier (keep 0.9)
     derive_samples: int = 100         # architectures scored to derive the genotype
     sampled_histograms: bool = True   # width/depth histograms of the sampled architectures
+    kernels: str = "auto"             # the operations' kernels (tfnas.kernels): auto | cpu | standard
 
     def __post_init__(self):
+        _check_kernels_setting(self.kernels)
         if self.restart_period < 1 or self.restart_multiplier < 1:
             raise SearchSettingsError("restart_period and restart_multiplier must be >= 1")
         if self.derive_samples < 1:
